@@ -1,0 +1,5 @@
+"""`python -m embedtune ...` (used by `accelerate launch -m embedtune train ...`)."""
+
+from embedtune.cli import main
+
+main()

@@ -1,0 +1,86 @@
+"""The only place that reads a composed config: value checks and building objects from groups.
+
+Hydra's struct mode already rejects unknown keys; this module rejects bad values with a message
+that names the option, before anything is loaded or written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+from embedtune.errors import ConfigError, EmbedtuneError
+from embedtune.pooling import POOLINGS
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def config_dir() -> Path:
+    """The shipped `conf/` folder: inside the installed package, or beside it in a checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise ConfigError(f"cannot find embedtune's conf/ folder next to {package}")
+
+
+def _require(condition: bool, option: str, expectation: str, value) -> None:
+    if not condition:
+        raise ConfigError(f"{option} must be {expectation}, got {value!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value the training run depends on; raise `ConfigError` naming the first bad one."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as error:  # omegaconf's MissingMandatoryValue / InterpolationResolutionError
+        key = getattr(error, "full_key", "") or "config"
+        reason = str(error).splitlines()[0]
+        if "Missing mandatory value" in reason:
+            reason = "required but not set (add it on the command line: KEY=VALUE)"
+        raise ConfigError(f"{key}: {reason}") from None
+    train = cfg.train
+    _require(_is_int(train.batch_size) and train.batch_size >= 2, "train.batch_size", "an integer >= 2 (in-batch negatives need company)", train.batch_size)
+    _require(_is_number(train.lr) and train.lr > 0, "train.lr", "a number > 0", train.lr)
+    _require(_is_int(train.epochs) and train.epochs >= 1, "train.epochs", "an integer >= 1", train.epochs)
+    _require(train.max_steps is None or (_is_int(train.max_steps) and train.max_steps >= 1), "train.max_steps", "null or an integer >= 1", train.max_steps)
+    _require(_is_number(train.warmup_ratio) and 0 <= train.warmup_ratio < 1, "train.warmup_ratio", "in [0, 1)", train.warmup_ratio)
+    _require(_is_number(train.weight_decay) and train.weight_decay >= 0, "train.weight_decay", "a number >= 0", train.weight_decay)
+    _require(_is_number(train.max_grad_norm) and train.max_grad_norm > 0, "train.max_grad_norm", "a number > 0", train.max_grad_norm)
+    _require(_is_int(train.gradient_accumulation_steps) and train.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps", "an integer >= 1", train.gradient_accumulation_steps)
+    _require(train.mixed_precision in MIXED_PRECISION, "train.mixed_precision", f"one of {', '.join(MIXED_PRECISION)}", train.mixed_precision)
+    _require(_is_int(train.query_max_length) and train.query_max_length >= 1, "train.query_max_length", "an integer >= 1", train.query_max_length)
+    _require(_is_int(train.log_every) and train.log_every >= 1, "train.log_every", "an integer >= 1", train.log_every)
+    _require(_is_int(train.num_workers) and train.num_workers >= 0, "train.num_workers", "an integer >= 0", train.num_workers)
+    _require(_is_int(cfg.negatives.per_query) and cfg.negatives.per_query >= 0, "negatives.per_query", "an integer >= 0", cfg.negatives.per_query)
+    _require(_is_int(cfg.backbone.max_length) and cfg.backbone.max_length >= 1, "backbone.max_length", "an integer >= 1", cfg.backbone.max_length)
+    _require(cfg.backbone.dtype in ("float32", "bfloat16", "float16"), "backbone.dtype", "float32, bfloat16 or float16", cfg.backbone.dtype)
+    _require(cfg.pooling.mode in POOLINGS, "pooling.mode", f"one of {', '.join(POOLINGS)}", cfg.pooling.mode)
+    _require(_is_int(cfg.eval.batch_size) and cfg.eval.batch_size >= 1, "eval.batch_size", "an integer >= 1", cfg.eval.batch_size)
+    instantiate_group(cfg.loss, "loss")  # the loss checks its own arguments (temperature > 0, ...)
+
+
+def instantiate_group(node: DictConfig, group: str):
+    """``hydra.utils.instantiate`` with errors turned into one line naming the group.
+
+    An `EmbedtuneError` raised by the target (a bad data row, say) passes through unchanged.
+    """
+    try:
+        return hydra.utils.instantiate(node, _convert_="all")
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, EmbedtuneError):
+            raise cause from None
+        reason = str(cause) if cause is not None else str(error).splitlines()[0]
+        raise ConfigError(f"{group}: {reason}") from None

