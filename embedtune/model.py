@@ -72,6 +72,16 @@ class Embedder(nn.Module):
         self.max_length = max_length
         self.normalize = normalize
         self.prompts = {name: text for name, text in (prompts or {}).items() if text}
+        # Learnable scalars the loss uses (``logit_scale`` = log 1/tau, ``sigmoid_bias``): they
+        # live on the model so distributed training syncs them and saving keeps them.
+        self.loss_params = nn.ParameterDict()
+        self.matryoshka_dims: list[int] = []
+
+    def add_loss_params(self, initial: dict[str, float]) -> None:
+        """Create the named learnable scalars that do not exist yet (a loaded model keeps its own)."""
+        for name, value in initial.items():
+            if name not in self.loss_params:
+                self.loss_params[name] = nn.Parameter(torch.tensor(float(value)))
 
     @property
     def dim(self) -> int:
@@ -135,7 +145,14 @@ class Embedder(nn.Module):
             )
             _write_json(
                 tmp / EMBEDTUNE_CONFIG,
-                {"pooling": self.pooling, "max_length": self.max_length, "normalize": self.normalize, "embedtune_version": __version__},
+                {
+                    "pooling": self.pooling,
+                    "max_length": self.max_length,
+                    "normalize": self.normalize,
+                    "loss_params": {name: param.item() for name, param in self.loss_params.items()},
+                    "matryoshka_dims": self.matryoshka_dims,
+                    "embedtune_version": __version__,
+                },
             )
 
 
@@ -195,7 +212,7 @@ def load_embedder(
         backbone = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
     except OSError as error:
         raise EmbedtuneError(f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}") from None
-    return Embedder(
+    model = Embedder(
         backbone,
         tokenizer,
         pooling=pooling or saved.get("pooling", "mean"),
@@ -203,3 +220,7 @@ def load_embedder(
         normalize=saved.get("normalize", True) if normalize is None else normalize,
         prompts={**saved.get("prompts", {}), **(prompts or {})},
     )
+    own = _read_json(Path(path) / EMBEDTUNE_CONFIG) if (Path(path) / EMBEDTUNE_CONFIG).is_file() else {}
+    model.add_loss_params(own.get("loss_params", {}))
+    model.matryoshka_dims = own.get("matryoshka_dims", [])
+    return model

@@ -22,10 +22,11 @@ from transformers import get_scheduler
 from embedtune.config import instantiate_group, validate
 from embedtune.data.collate import PairCollator
 from embedtune.data.types import TrainEvalData
-from embedtune.errors import ConfigError
+from embedtune.errors import ConfigError, DataError
 from embedtune.eval.retrieval import evaluate_retrieval
 from embedtune.io import write_text_atomic
-from embedtune.model import load_embedder
+from embedtune.losses.matryoshka import Matryoshka
+from embedtune.model import Embedder, load_embedder
 from embedtune.progress import console, progress_bar, stdout
 
 
@@ -45,7 +46,6 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
 
     # --- build: data, model, loss, optimiser -----------------------------------------------
     data: TrainEvalData = instantiate_group(cfg.data, "data")
-    loss_fn = instantiate_group(cfg.loss, "loss")
     model = load_embedder(
         cfg.backbone.path,
         pooling=cfg.pooling.mode,
@@ -53,8 +53,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         prompts={"query": data.query_prompt, "document": data.document_prompt},
         dtype=cfg.backbone.dtype,
     )
-    if len(data.train) < cfg.train.batch_size * accelerator.num_processes:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} needs at least that many training pairs per process; {data.source or 'the data'} has {len(data.train)}")
+    loss_fn = build_loss(cfg, model)
+    check_data(data, cfg.train.batch_size * accelerator.num_processes, cfg.negatives.per_query)
     collate = PairCollator(
         model.tokenizer,
         query_max_length=cfg.train.query_max_length,
@@ -72,7 +72,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         num_workers=cfg.train.num_workers,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = max(1, len(loader) // cfg.train.gradient_accumulation_steps)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
@@ -97,7 +97,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
 
     # --- train ---------------------------------------------------------------------------
     model.train()
-    step, window_loss, window_pairs, window_start = 0, 0.0, 0, time.perf_counter()
+    loss_params = accelerator.unwrap_model(model).loss_params
+    step, window_loss, window_pairs, window_start, window_geometry = 0, 0.0, 0, time.perf_counter(), []
+    warned_collapse = False
     log_path = output_dir / "train_log.jsonl"
     log = log_path.open("w", encoding="utf-8") if is_main else None
     with progress_bar("training", total_steps, enabled=is_main, status=True) as advance:
@@ -106,13 +108,15 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
                 with accelerator.accumulate(model):
                     queries = model(batch["queries"])  # (batch, dim)
                     documents = model(batch["documents"])  # (batch * (1 + k), dim)
-                    loss = loss_fn(queries, documents)
+                    loss = loss_fn(queries, documents, batch["info"], loss_params)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad()
+                    clamp_temperature(loss_params, cfg.temperature)
                 window_loss += loss.item() / cfg.train.gradient_accumulation_steps
+                window_geometry.append(geometry(queries.detach(), documents.detach()))
                 window_pairs += queries.shape[0] * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
@@ -127,12 +131,22 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
                         "loss": window_loss / steps_in_window,
                         "lr": scheduler.get_last_lr()[0],
                         "pairs_per_s": window_pairs / elapsed,
+                        **{name: sum(g[name] for g in window_geometry) / len(window_geometry) for name in window_geometry[0]},
                     }
+                    if "logit_scale" in loss_params:
+                        record["temperature"] = 1 / loss_params["logit_scale"].exp().item()
+                    if is_main and not warned_collapse and record["embedding_std"] < cfg.collapse.warn_below:
+                        warned_collapse = True
+                        console.print(
+                            f"[bold yellow]warning:[/] embeddings are collapsing at step {step}: the mean std of a dimension is "
+                            f"{record['embedding_std']:.4f} x 1/sqrt(dim) (healthy spaces sit near 1). Lower the learning rate, "
+                            "raise the temperature or check the data for near-identical pairs."
+                        )
                     if log:
                         log.write(json.dumps(record) + "\n")
                         log.flush()
                     advance(steps_in_window, status=f"loss {record['loss']:.4f} · lr {record['lr']:.2e} · {record['pairs_per_s']:.1f} pairs/s")
-                    window_loss, window_pairs, window_start = 0.0, 0, time.perf_counter()
+                    window_loss, window_pairs, window_start, window_geometry = 0.0, 0, time.perf_counter(), []
                 if step >= total_steps:
                     break
     if log:
@@ -149,6 +163,71 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         stdout.print(comparison_table(f"held-out retrieval: {data.eval.name}", before, after))
         console.print(f"model saved to [bold]{output_dir / 'final'}[/]")
     return result
+
+
+def build_loss(cfg: DictConfig, model: Embedder):
+    """The configured loss, wrapped in Matryoshka when ``mrl.dims`` is set; registers the
+    learnable scalars it needs (temperature, sigmoid bias) on the model."""
+    loss_fn = instantiate_group(cfg.loss, "loss")
+    model.add_loss_params(getattr(loss_fn, "initial_params", dict)())
+    if cfg.temperature.learnable:
+        if not hasattr(loss_fn, "temperature"):
+            raise ConfigError(f"temperature=learnable: loss {type(loss_fn).__name__} has no temperature")
+        model.add_loss_params({"logit_scale": math.log(1 / loss_fn.temperature)})
+    if cfg.mrl.dims:
+        too_large = [dim for dim in cfg.mrl.dims if dim > model.dim]
+        if too_large:
+            raise ConfigError(f"mrl.dims: {too_large[0]} is larger than the embedding ({model.dim} dims)")
+        try:
+            loss_fn = Matryoshka(loss_fn, list(cfg.mrl.dims), list(cfg.mrl.weights or []))
+        except ValueError as error:
+            raise ConfigError(f"mrl: {error}") from None
+        model.matryoshka_dims = sorted(cfg.mrl.dims, reverse=True)
+    return loss_fn
+
+
+def check_data(data: TrainEvalData, global_batch: int, negatives_per_query: int) -> None:
+    """Enough pairs for one full batch, and enough hard negatives on every pair."""
+    if len(data.train) < global_batch:
+        raise ConfigError(f"train.batch_size needs {global_batch} training pairs per step; {data.source or 'the data'} has {len(data.train)}")
+    short = [index for index, pair in enumerate(data.train) if len(pair.negatives) < negatives_per_query]
+    if short:
+        first = data.train[short[0]]
+        raise DataError(
+            f"{data.source or 'data'}: {len(short)} pair(s) have fewer than negatives.per_query={negatives_per_query} "
+            f"hard negatives (first: query {first.query!r:.60} has {len(first.negatives)}); lower negatives.per_query or mine more"
+        )
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices only, never biases, norms or the loss's scalars."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def clamp_temperature(loss_params: torch.nn.ParameterDict, temperature: DictConfig) -> None:
+    """Keep a learnable tau within [min, max] (open_clip clamps its logit scale the same way)."""
+    if "logit_scale" in loss_params:
+        loss_params["logit_scale"].clamp_(math.log(1 / temperature.max), math.log(1 / temperature.min))
+
+
+@torch.no_grad()
+def geometry(queries: torch.Tensor, documents: torch.Tensor) -> dict[str, float]:
+    """Collapse indicators of one batch.
+
+    ``embedding_std``: mean over dimensions of the std of the documents' embeddings, times
+    sqrt(dim) so that an isotropic space scores about 1 and a collapsed one (every text on the
+    same point) scores 0. ``similarity_gap``: mean cosine of each query with its positive minus
+    the mean cosine with the other in-batch positives.
+    """
+    size = queries.shape[0]
+    std = documents.float().std(dim=0).mean().item() * documents.shape[1] ** 0.5
+    scores = queries.float() @ documents[:size].float().T  # (batch, batch)
+    positive = scores.diagonal().mean().item()
+    negative = (scores.sum() - scores.diagonal().sum()).item() / max(size * (size - 1), 1)
+    return {"embedding_std": std, "similarity_gap": positive - negative}
 
 
 def comparison_table(title: str, before: dict | None, after: dict) -> Table:

@@ -25,3 +25,85 @@ def test_short_sft_on_stdlib_raises_held_out_ndcg(minilm_2layer_dir, tmp_path):
     before, after = result["before"]["ndcg@10"], result["after"]["ndcg@10"]
     assert result["steps"] == 24
     assert after > before + 0.03, (before, after)
+
+
+import json  # noqa: E402
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+
+from embedtune.config import config_dir as _config_dir  # noqa: E402
+from embedtune.model import load_embedder  # noqa: E402
+
+LOSSES = sorted(p.stem for p in (_config_dir() / "loss").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def rich_pairs(tmp_path_factory):
+    """Rows with every optional column: negatives, gold score, label, teacher scores."""
+    path = tmp_path_factory.mktemp("rich") / "pairs.jsonl"
+    rows = [
+        {
+            "query": f"question number {i}",
+            "positive": f"answer about topic {i}",
+            "negatives": [f"distractor {i} a", f"distractor {i} b"],
+            "score": float(i % 5),
+            "label": f"class{i % 3}",
+            "positive_score": 5.0,
+            "negative_scores": [1.0, 0.5],
+        }
+        for i in range(16)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def compose_tiny(model_dir, pairs, *extra):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                "data=files", f"data.train={pairs}", "data.score_column=score", "data.label_column=label",
+                f"backbone.path={model_dir}", "backbone.max_length=16", "train.batch_size=4", "train.max_steps=2",
+                "negatives.per_query=2", "eval.before=false", *extra,
+            ],
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_through_the_loop(tiny_bert_dir, rich_pairs, tmp_path, loss):
+    run(compose_tiny(tiny_bert_dir, rich_pairs, f"loss={loss}"), tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert records and all(math.isfinite(r["loss"]) for r in records)
+    assert {"embedding_std", "similarity_gap"} <= set(records[-1])
+
+
+def test_learnable_temperature_and_sigmoid_bias_are_trained_saved_and_restored(tiny_bert_dir, rich_pairs, tmp_path):
+    run(compose_tiny(tiny_bert_dir, rich_pairs, "loss=sigmoid", "temperature=learnable", "train.lr=1e-2"), tmp_path)
+    saved = json.loads((tmp_path / "final" / "embedtune.json").read_text())["loss_params"]
+    assert saved["logit_scale"] != pytest.approx(math.log(1 / 0.1)) and saved["sigmoid_bias"] != pytest.approx(-10.0)
+    assert "temperature" in json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[-1])
+    restored = load_embedder(str(tmp_path / "final"))
+    assert restored.loss_params["logit_scale"].item() == pytest.approx(saved["logit_scale"])
+
+
+def test_learnable_temperature_stays_within_bounds(tiny_bert_dir, rich_pairs, tmp_path):
+    run(compose_tiny(tiny_bert_dir, rich_pairs, "temperature=learnable", "temperature.min=0.04", "train.lr=10"), tmp_path)
+    tau = 1 / math.exp(json.loads((tmp_path / "final" / "embedtune.json").read_text())["loss_params"]["logit_scale"])
+    assert 0.04 - 1e-6 <= tau <= 1.0 + 1e-6
+
+
+def test_matryoshka_dims_are_recorded_and_too_large_dims_rejected(tiny_bert_dir, rich_pairs, tmp_path):
+    from embedtune.errors import ConfigError
+
+    run(compose_tiny(tiny_bert_dir, rich_pairs, "mrl.dims=[16,32,8]"), tmp_path)
+    assert json.loads((tmp_path / "final" / "embedtune.json").read_text())["matryoshka_dims"] == [32, 16, 8]
+    with pytest.raises(ConfigError, match=r"mrl.dims: 64 is larger than the embedding \(32 dims\)"):
+        run(compose_tiny(tiny_bert_dir, rich_pairs, "mrl.dims=[64,16]"), tmp_path / "again")
+
+
+def test_too_few_negatives_is_a_clear_error(tiny_bert_dir, rich_pairs, tmp_path):
+    from embedtune.errors import DataError
+
+    with pytest.raises(DataError, match=r"16 pair\(s\) have fewer than negatives.per_query=3"):
+        run(compose_tiny(tiny_bert_dir, rich_pairs, "negatives.per_query=3"), tmp_path)

@@ -1,10 +1,13 @@
-"""Turn a list of `Pair`s into tokenised query and document batches."""
+"""Turn a list of `Pair`s into tokenised query and document batches plus the loss's `BatchInfo`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from embedtune.data.types import Pair
+from embedtune.losses.batch import BatchInfo, text_ids
 from embedtune.model import tokenize
 
 
@@ -15,6 +18,7 @@ class PairCollator:
 
     Document layout: the batch's positives in query order, then each query's first
     ``negatives_per_query`` hard negatives, query by query (the layout every loss expects).
+    Every pair must carry at least that many negatives (checked before training starts).
     """
 
     tokenizer: object
@@ -25,10 +29,18 @@ class PairCollator:
     document_prompt: str = ""
 
     def __call__(self, pairs: list[Pair]) -> dict:
+        k = self.negatives_per_query
         queries = [pair.query for pair in pairs]
-        documents = [pair.positive for pair in pairs]
-        documents += [negative for pair in pairs for negative in pair.negatives[: self.negatives_per_query]]
+        documents = [pair.positive for pair in pairs] + [negative for pair in pairs for negative in pair.negatives[:k]]
+        info = BatchInfo(query_ids=text_ids(queries), document_ids=text_ids(documents), negatives_per_query=k)
+        if all(pair.label is not None for pair in pairs):
+            info.labels = text_ids([pair.label for pair in pairs])
+        if all(pair.score is not None for pair in pairs):
+            info.scores = torch.tensor([pair.score for pair in pairs])
+        if all(len(pair.teacher_scores) >= 1 + k for pair in pairs):
+            info.teacher_scores = torch.tensor([pair.teacher_scores[: 1 + k] for pair in pairs])
         return {
             "queries": tokenize(self.tokenizer, queries, self.query_max_length, self.query_prompt),
             "documents": tokenize(self.tokenizer, documents, self.document_max_length, self.document_prompt),
+            "info": info,
         }

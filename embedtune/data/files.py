@@ -28,6 +28,10 @@ class Columns:
     query: str = "query"
     positive: str = "positive"
     negatives: str | None = "negatives"
+    score: str | None = None  # gold similarity (STS-style scored pairs)
+    label: str | None = None  # class label (supervised contrastive)
+    teacher_positive: str | None = "positive_score"  # teacher's score of the positive (distillation)
+    teacher_negatives: str | None = "negative_scores"  # teacher's scores of the negatives, in order
 
 
 def iter_rows(source: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -107,10 +111,14 @@ def _iter_hf_rows(source: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"{source}:row {number}", row
 
 
-def _text(row: dict[str, Any], column: str, where: str) -> str:
+def _field(row: dict[str, Any], column: str, where: str) -> Any:
     if column not in row:
         raise DataError(f"{where}: missing column '{column}' (row has: {', '.join(map(str, row)) or 'nothing'})")
-    value = row[column]
+    return row[column]
+
+
+def _text(row: dict[str, Any], column: str, where: str) -> str:
+    value = _field(row, column, where)
     if not isinstance(value, str):
         raise DataError(f"{where}: column '{column}' must be a string, got {type(value).__name__}")
     if not value.strip():
@@ -137,12 +145,43 @@ def _negatives(row: dict[str, Any], column: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _number(value: Any, column: str, where: str) -> float:
+    if isinstance(value, str):  # csv cells
+        try:
+            value = float(value)
+        except ValueError:
+            raise DataError(f"{where}: column '{column}' must be a number, got {value!r:.40}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise DataError(f"{where}: column '{column}' must be a number, got {value!r:.40}")
+    return float(value)
+
+
+def _teacher_scores(row: dict[str, Any], columns: Columns, negatives: tuple[str, ...], where: str) -> tuple[float, ...]:
+    if not columns.teacher_positive or columns.teacher_positive not in row:
+        return ()
+    positive = _number(row[columns.teacher_positive], columns.teacher_positive, where)
+    values = row.get(columns.teacher_negatives, []) if columns.teacher_negatives else []
+    if isinstance(values, str):
+        try:
+            values = json.loads(values)
+        except json.JSONDecodeError:
+            raise DataError(f"{where}: column '{columns.teacher_negatives}' is not a valid JSON list") from None
+    if not isinstance(values, (list, tuple)) or len(values) != len(negatives):
+        raise DataError(f"{where}: column '{columns.teacher_negatives}' must list one score per negative ({len(negatives)})")
+    return (positive, *(_number(value, columns.teacher_negatives, where) for value in values))
+
+
 def pair_from_row(row: dict[str, Any], where: str, columns: Columns) -> Pair:
     """Validate one row and turn it into a `Pair`, or raise `DataError` naming ``where``."""
     query = _text(row, columns.query, where)
     positive = _text(row, columns.positive, where)
     negatives = _negatives(row, columns.negatives, where) if columns.negatives and columns.negatives in row else ()
-    return Pair(query, positive, negatives)
+    score = _number(_field(row, columns.score, where), columns.score, where) if columns.score else None
+    label = _field(row, columns.label, where) if columns.label else None
+    if columns.label and (label is None or str(label).strip() == ""):
+        raise DataError(f"{where}: column '{columns.label}' is empty")
+    label = str(label) if label is not None else None
+    return Pair(query, positive, negatives, score, label, _teacher_scores(row, columns, negatives, where))
 
 
 def load_pairs(source: str, columns: Columns = Columns()) -> list[Pair]:
@@ -231,11 +270,15 @@ def load(
     query_column: str = "query",
     positive_column: str = "positive",
     negatives_column: str | None = "negatives",
+    score_column: str | None = None,
+    label_column: str | None = None,
+    teacher_positive_column: str | None = "positive_score",
+    teacher_negatives_column: str | None = "negative_scores",
     query_prompt: str = "",
     document_prompt: str = "",
 ) -> TrainEvalData:
     """The ``data=files`` config: training pairs from ``train``, held-out set from ``eval``."""
-    columns = Columns(query_column, positive_column, negatives_column)
+    columns = Columns(query_column, positive_column, negatives_column, score_column, label_column, teacher_positive_column, teacher_negatives_column)
     return TrainEvalData(
         train=load_pairs(train, columns),
         eval=load_retrieval_set(eval, eval_split, columns) if eval else None,

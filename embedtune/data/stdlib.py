@@ -117,7 +117,8 @@ def load(
 
     Args:
         eval_fraction: share of pairs (by whole top-level package) held out for evaluation.
-        max_negatives: hard negatives per training pair, drawn from the same module.
+        max_negatives: hard negatives per training pair, drawn from the same module (topped up
+            from other modules when the module is too small).
         max_train_pairs / max_eval_queries: optional caps for quick runs and tests.
         seed: fixes which siblings become negatives and which pairs a cap keeps.
         root: a different source tree to mine (defaults to the running Python's stdlib).
@@ -131,11 +132,16 @@ def load(
     code_by_module: dict[str, list[str]] = {}
     for module, _, code in train_triples:
         code_by_module.setdefault(module, []).append(code)
+    all_code = [code for _, _, code in train_triples]
     train = []
     for module, summary, code in train_triples:
         siblings = [other for other in code_by_module[module] if other != code]
-        negatives = tuple(rng.sample(siblings, min(max_negatives, len(siblings))))
-        train.append(Pair(summary, code, negatives))
+        negatives = rng.sample(siblings, min(max_negatives, len(siblings)))
+        while len(negatives) < max_negatives and len(all_code) > max_negatives:  # small module: top up
+            other = rng.choice(all_code)
+            if other != code and other not in negatives:
+                negatives.append(other)
+        train.append(Pair(summary, code, tuple(negatives)))
     rng.shuffle(train)
     if max_train_pairs is not None:
         train = train[:max_train_pairs]

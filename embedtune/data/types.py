@@ -12,6 +12,9 @@ class Pair:
     query: str
     positive: str
     negatives: tuple[str, ...] = ()
+    score: float | None = None  # gold similarity of (query, positive), for regression losses
+    label: str | None = None  # class of the pair, for supervised contrastive loss
+    teacher_scores: tuple[float, ...] = ()  # teacher's scores for the positive, then each negative
 
 
 @dataclass
