@@ -51,7 +51,9 @@ def validate(cfg: DictConfig) -> None:
             reason = "required but not set (add it on the command line: KEY=VALUE)"
         raise ConfigError(f"{key}: {reason}") from None
     train = cfg.train
-    _require(_is_int(train.batch_size) and train.batch_size >= 2, "train.batch_size", "an integer >= 2 (in-batch negatives need company)", train.batch_size)
+    _require(_is_int(cfg.batch.size) and cfg.batch.size >= 2, "batch.size", "an integer >= 2 (in-batch negatives need company)", cfg.batch.size)
+    _require(isinstance(cfg.batch.gradcache, bool), "batch.gradcache", "true or false", cfg.batch.gradcache)
+    _require(_is_int(cfg.batch.mini_batch_size) and cfg.batch.mini_batch_size >= 1, "batch.mini_batch_size", "an integer >= 1", cfg.batch.mini_batch_size)
     _require(_is_number(train.lr) and train.lr > 0, "train.lr", "a number > 0", train.lr)
     _require(_is_int(train.epochs) and train.epochs >= 1, "train.epochs", "an integer >= 1", train.epochs)
     _require(train.max_steps is None or (_is_int(train.max_steps) and train.max_steps >= 1), "train.max_steps", "null or an integer >= 1", train.max_steps)

@@ -24,6 +24,7 @@ from embedtune.data.collate import PairCollator
 from embedtune.data.types import TrainEvalData
 from embedtune.errors import ConfigError, DataError
 from embedtune.eval.retrieval import evaluate_retrieval
+from embedtune.gradcache import gradcache_step
 from embedtune.io import write_text_atomic
 from embedtune.losses.matryoshka import Matryoshka
 from embedtune.model import Embedder, load_embedder
@@ -54,7 +55,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         dtype=cfg.backbone.dtype,
     )
     loss_fn = build_loss(cfg, model)
-    check_data(data, cfg.train.batch_size * accelerator.num_processes, cfg.negatives.per_query)
+    check_data(data, cfg.batch.size * accelerator.num_processes, cfg.negatives.per_query)
     collate = PairCollator(
         model.tokenizer,
         query_max_length=cfg.train.query_max_length,
@@ -65,7 +66,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     )
     loader = DataLoader(
         data.train,
-        batch_size=cfg.train.batch_size,
+        batch_size=cfg.batch.size,
         shuffle=True,
         drop_last=True,  # every step sees a full batch of negatives
         collate_fn=collate,
@@ -84,7 +85,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         console.print(
             f"[bold]embedtune train[/]: {len(data.train)} pairs from {data.source or 'data'}, "
-            f"{total_steps} steps x {cfg.train.batch_size} pairs x {accelerator.num_processes} process(es), "
+            f"{total_steps} steps x {cfg.batch.size} pairs x {accelerator.num_processes} process(es), "
             f"{cfg.negatives.per_query} hard negative(s)/query -> {output_dir}"
         )
 
@@ -106,10 +107,14 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         while step < total_steps:
             for batch in loader:
                 with accelerator.accumulate(model):
-                    queries = model(batch["queries"])  # (batch, dim)
-                    documents = model(batch["documents"])  # (batch * (1 + k), dim)
-                    loss = loss_fn(queries, documents, batch["info"], loss_params)
-                    accelerator.backward(loss)
+                    if cfg.batch.gradcache:
+                        no_sync = lambda: accelerator.no_sync(model)  # noqa: E731
+                        loss, queries, documents = gradcache_step(model, batch, loss_fn, loss_params, cfg.batch.mini_batch_size, accelerator.backward, no_sync)
+                    else:
+                        queries = model(batch["queries"])  # (batch, dim)
+                        documents = model(batch["documents"])  # (batch * (1 + k), dim)
+                        loss = loss_fn(queries, documents, batch["info"], loss_params)
+                        accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                     optimizer.step()
@@ -189,7 +194,7 @@ def build_loss(cfg: DictConfig, model: Embedder):
 def check_data(data: TrainEvalData, global_batch: int, negatives_per_query: int) -> None:
     """Enough pairs for one full batch, and enough hard negatives on every pair."""
     if len(data.train) < global_batch:
-        raise ConfigError(f"train.batch_size needs {global_batch} training pairs per step; {data.source or 'the data'} has {len(data.train)}")
+        raise ConfigError(f"batch.size needs {global_batch} training pairs per step; {data.source or 'the data'} has {len(data.train)}")
     short = [index for index, pair in enumerate(data.train) if len(pair.negatives) < negatives_per_query]
     if short:
         first = data.train[short[0]]

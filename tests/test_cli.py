@@ -27,7 +27,7 @@ def pairs_file(tmp_path_factory):
 def tiny_run_args(model_dir, pairs, out):
     return [
         "train", "data=files", f"data.train={pairs}", f"data.eval={pairs}", f"backbone.path={model_dir}",
-        "backbone.max_length=32", "train.batch_size=8", "train.max_steps=3", "train.log_every=1", f"output_dir={out}",
+        "backbone.max_length=32", "batch.size=8", "train.max_steps=3", "train.log_every=1", f"output_dir={out}",
     ]  # fmt: skip
 
 
@@ -38,7 +38,7 @@ def test_train_writes_log_config_eval_and_final_model(tiny_bert_dir, pairs_file,
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all({"step", "loss", "lr", "pairs_per_s"} <= set(r) and r["pairs_per_s"] > 0 for r in records)
-    assert "batch_size: 8" in (out / "config.yaml").read_text()
+    assert "size: 8" in (out / "config.yaml").read_text()
     evaluation = json.loads((out / "eval.json").read_text())
     assert set(evaluation["after"]) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"}
     assert load_embedder(str(out / "final")).max_length == 32
@@ -61,7 +61,7 @@ def test_sweep_runs_one_job_per_value(tiny_bert_dir, pairs_file, tmp_path):
     ("args", "message"),
     [
         (["loss.temprature=0.1"], "Could not override 'loss.temprature'"),
-        (["train.batch_size=1"], "train.batch_size must be an integer >= 2"),
+        (["batch.size=1"], "batch.size must be an integer >= 2"),
         (["-m", "loss.temperature=0.05,-1"], "loss: temperature must be > 0, got -1"),
         (["stage=finetune"], "Could not find 'stage/finetune'"),
         (["data=files"], "data.train: required but not set"),

@@ -40,21 +40,21 @@ def test_target_arguments_bind_to_signature(group, option):
 
 def test_stages_differ_in_batch_lr_and_negatives():
     sft, pretrain = compose_train(["stage=sft"]), compose_train(["stage=pretrain"])
-    assert pretrain.train.batch_size > sft.train.batch_size
+    assert pretrain.batch.size > sft.batch.size
     assert pretrain.train.lr > sft.train.lr
     assert sft.negatives.per_query > 0 == pretrain.negatives.per_query
     assert (sft.output_dir, pretrain.output_dir) == ("runs/sft", "runs/pretrain")
 
 
 def test_command_line_overrides_beat_the_stage():
-    cfg = compose_train(["stage=pretrain", "train.batch_size=8", "loss.temperature=0.02"])
-    assert (cfg.train.batch_size, cfg.loss.temperature) == (8, 0.02)
+    cfg = compose_train(["stage=pretrain", "batch.size=8", "loss.temperature=0.02"])
+    assert (cfg.batch.size, cfg.loss.temperature) == (8, 0.02)
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.batch_size=1", "train.batch_size must be an integer >= 2"),
+        ("batch.size=1", "batch.size must be an integer >= 2"),
         ("train.lr=0", "train.lr must be a number > 0"),
         ("loss.temperature=-0.1", "loss: temperature must be > 0"),
         ("train.mixed_precision=fp8", "train.mixed_precision must be one of"),

@@ -14,7 +14,7 @@ def test_short_sft_on_stdlib_raises_held_out_ndcg(minilm_2layer_dir, tmp_path):
         "backbone.max_length=64",
         "data.max_train_pairs=384",
         "data.max_eval_queries=150",
-        "train.batch_size=16",
+        "batch.size=16",
         "train.lr=1e-4",
         "train.query_max_length=32",
         "eval.batch_size=128",
@@ -64,7 +64,7 @@ def compose_tiny(model_dir, pairs, *extra):
             "train",
             overrides=[
                 "data=files", f"data.train={pairs}", "data.score_column=score", "data.label_column=label",
-                f"backbone.path={model_dir}", "backbone.max_length=16", "train.batch_size=4", "train.max_steps=2",
+                f"backbone.path={model_dir}", "backbone.max_length=16", "batch.size=4", "train.max_steps=2",
                 "negatives.per_query=2", "eval.before=false", *extra,
             ],
         )  # fmt: skip
@@ -107,3 +107,9 @@ def test_too_few_negatives_is_a_clear_error(tiny_bert_dir, rich_pairs, tmp_path)
 
     with pytest.raises(DataError, match=r"16 pair\(s\) have fewer than negatives.per_query=3"):
         run(compose_tiny(tiny_bert_dir, rich_pairs, "negatives.per_query=3"), tmp_path)
+
+
+def test_gradcache_run_through_the_loop(tiny_bert_dir, rich_pairs, tmp_path):
+    run(compose_tiny(tiny_bert_dir, rich_pairs, "batch.gradcache=true", "batch.mini_batch_size=3", "mrl.dims=[32,8]", "loss=qwen3"), tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records][-1] == 2 and all(math.isfinite(r["loss"]) for r in records)
