@@ -10,18 +10,26 @@ from embedtune.model import Embedder
 from embedtune.progress import progress_bar
 
 
-def rank(query_embeddings: torch.Tensor, corpus_embeddings: torch.Tensor, top_k: int, chunk_size: int = 256) -> torch.Tensor:
-    """Indices of the ``top_k`` best documents per query, best first, by dot product.
+def rank(
+    query_embeddings: torch.Tensor, corpus_embeddings: torch.Tensor, top_k: int, chunk_size: int = 256, return_scores: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the ``top_k`` best documents per query, best first, by dot product; with
+    ``return_scores`` the pair ``(indices, scores)``, both (queries, top_k).
 
     Queries go through in chunks so memory stays at chunk_size x corpus scores. Ties are broken
     by corpus order (a stable sort: the lower index ranks first), so results are reproducible.
     """
     top_k = min(top_k, corpus_embeddings.shape[0])
-    ranked = []
+    ranked, values = [], []
     for start in range(0, query_embeddings.shape[0], chunk_size):
         scores = query_embeddings[start : start + chunk_size] @ corpus_embeddings.T  # (chunk, corpus)
-        ranked.append(torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :top_k])
-    return torch.cat(ranked) if ranked else torch.empty(0, top_k, dtype=torch.long)
+        top = torch.sort(scores, dim=1, descending=True, stable=True)
+        ranked.append(top.indices[:, :top_k])
+        values.append(top.values[:, :top_k])
+    indices = torch.cat(ranked) if ranked else torch.empty(0, top_k, dtype=torch.long)
+    if not return_scores:
+        return indices
+    return indices, torch.cat(values) if values else torch.empty(0, top_k)
 
 
 def evaluate_retrieval(model: Embedder, benchmark: RetrievalSet, batch_size: int = 64, top_k: int = 100, show_progress: bool = True) -> dict[str, float]:

@@ -1,0 +1,157 @@
+"""`embedtune mine`: hard negatives for a pairs file, mined with a model, written as a training file.
+
+The output is jsonl with ``query``, ``positive``, ``negatives`` and the model's cosine scores
+(``positive_score``, ``negative_scores``, one per negative), ready for
+``embedtune train data=files data.train=FILE``; distillation losses read the scores as a
+teacher's. The filters and their order are described in `embedtune.data.mining`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from embedtune.cli import fail, quiet_transformers
+from embedtune.data.files import iter_rows
+from embedtune.errors import DataError, EmbedtuneError
+
+OUTPUT_SUFFIXES = (".jsonl", ".json")
+
+
+def load_corpus(source: str, column: str = "text") -> list[str]:
+    """Document texts from a jsonl/csv/parquet file, one per row, in file order. A row with a
+    ``title`` (a BEIR ``corpus.jsonl``) gets it joined in front of ``text``, as `load_beir` does."""
+    texts = []
+    for where, row in iter_rows(source):
+        if column not in row:
+            raise DataError(f"{where}: missing column '{column}' (row has: {', '.join(map(str, row)) or 'nothing'})")
+        title, text = (row.get("title") or "") if column == "text" else "", row[column] or ""
+        if not isinstance(title, str) or not isinstance(text, str) or not (title + text).strip():
+            raise DataError(f"{where}: column '{column}' must be a non-empty string")
+        texts.append(f"{title} {text}".strip())
+    if not texts:
+        raise DataError(f"{source}: no rows")
+    return texts
+
+
+def parse_args(args: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="embedtune mine",
+        description="Mine hard negatives for each (query, positive) pair with a model: exact cosine search over a corpus, "
+        "candidates from a rank window, false negatives filtered (the query's positives, a score cap, anything scoring "
+        "near or above the positive), then the best or a random sample kept. Writes jsonl for `embedtune train data=files`.",
+        epilog="Example: embedtune mine --model runs/sft/final --data train.jsonl --corpus beir/scifact/corpus.jsonl "
+        "--range-min 5 --relative-margin 0.05 --out train-mined.jsonl",
+    )
+    parser.add_argument("--model", required=True, help="model folder or packaged name (all-MiniLM-L6-v2)")
+    parser.add_argument("--data", required=True, help="pairs file (jsonl/csv/parquet or hf:NAME[:SPLIT])")
+    parser.add_argument("--corpus", default=None, help="documents to mine from (jsonl/csv/parquet, or a BEIR corpus.jsonl); default: all positives")
+    parser.add_argument("--out", required=True, help="output .jsonl file (written atomically)")
+    parser.add_argument("--query-column", default="query")
+    parser.add_argument("--positive-column", default="positive")
+    parser.add_argument("--corpus-column", default="text")
+    parser.add_argument("--num-negatives", type=int, default=7, help="negatives per query (default: 7)")
+    parser.add_argument("--range-min", type=int, default=0, help="first rank a negative may come from (default: 0 = the best)")
+    parser.add_argument("--range-max", type=int, default=100, help="rank after the last one a negative may come from (default: 100)")
+    parser.add_argument("--sampling", choices=("top", "random"), default="top", help="best eligible first, or a random sample (default: top)")
+    parser.add_argument("--seed", type=int, default=0, help="for --sampling random")
+    parser.add_argument("--max-score", type=float, default=None, help="drop candidates with a cosine above this")
+    parser.add_argument("--margin", type=float, default=0.0, help="drop candidates above positive_score - MARGIN (default: 0; --margin=-inf: off)")
+    parser.add_argument("--relative-margin", type=float, default=None, metavar="R", help="also drop candidates above positive_score * (1 - R), e.g. 0.05")
+    parser.add_argument("--drop-short", action="store_true", help="leave out queries with fewer than --num-negatives negatives")
+    parser.add_argument("--batch-size", type=int, default=64)
+    return parser.parse_args(args)
+
+
+def main(args: list[str]) -> None:
+    options = parse_args(args)
+
+    import torch
+    from rich.table import Table
+
+    from embedtune.data.files import Columns, load_pairs
+    from embedtune.data.mining import MiningConfig, mine_negatives
+    from embedtune.io import write_text_atomic
+    from embedtune.model import load_embedder
+    from embedtune.progress import progress_bar, stdout
+
+    quiet_transformers()
+    started = time.perf_counter()
+    if options.batch_size < 1:
+        fail("mine", f"--batch-size must be >= 1, got {options.batch_size}")
+    if Path(options.out).suffix.lower() not in OUTPUT_SUFFIXES:
+        fail("mine", f"--out must be a .jsonl file, got {options.out}")
+    try:
+        config = MiningConfig(
+            num_negatives=options.num_negatives,
+            range_min=options.range_min,
+            range_max=options.range_max,
+            sampling=options.sampling,
+            max_score=options.max_score,
+            margin=options.margin,
+            relative_margin=options.relative_margin,
+            seed=options.seed,
+        )
+        pairs = load_pairs(options.data, Columns(options.query_column, options.positive_column, None))
+        corpus = load_corpus(options.corpus, options.corpus_column) if options.corpus else list(dict.fromkeys(p.positive for p in pairs))
+        model = load_embedder(options.model).to("cuda" if torch.cuda.is_available() else "cpu")
+    except EmbedtuneError as error:
+        fail("mine", str(error))
+
+    # Embed each distinct text once: the queries, and the corpus plus any positive outside it
+    # (its score against the query is what the positive-aware filter compares with).
+    queries = list(dict.fromkeys(pair.query for pair in pairs))
+    documents = list(dict.fromkeys([*corpus, *(pair.positive for pair in pairs)]))
+    with progress_bar("embedding", len(queries) + len(documents)) as advance:
+        query_embeddings = model.encode(queries, "query", options.batch_size, advance)
+        document_embeddings = model.encode(documents, "document", options.batch_size, advance)
+    embedded = time.perf_counter()
+    query_row = {text: i for i, text in enumerate(queries)}
+    document_row = {text: i for i, text in enumerate(documents)}
+    positives_of = defaultdict(set)
+    for pair in pairs:
+        positives_of[pair.query].add(pair.positive)
+    mined, counts = mine_negatives(
+        query_embeddings[[query_row[pair.query] for pair in pairs]],
+        document_embeddings[[document_row[pair.positive] for pair in pairs]],
+        document_embeddings[[document_row[text] for text in corpus]],
+        corpus,
+        [positives_of[pair.query] for pair in pairs],
+        config,
+    )
+
+    short = sum(len(result.indices) < config.num_negatives for result in mined)
+    rows = [
+        {
+            "query": pair.query,
+            "positive": pair.positive,
+            "negatives": [corpus[i] for i in result.indices],
+            "positive_score": round(result.positive_score, 6),
+            "negative_scores": [round(score, 6) for score in result.scores],
+        }
+        for pair, result in zip(pairs, mined)
+        if not (options.drop_short and len(result.indices) < config.num_negatives)
+    ]
+    if not rows:
+        fail("mine", f"every query has < {config.num_negatives} negatives after filtering, nothing written (widen the window or loosen the filters)")
+    write_text_atomic(options.out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    finished = time.perf_counter()
+
+    per_query = [len(row["negatives"]) for row in rows]
+    table = Table(title=f"hard negatives: {len(pairs)} queries, {len(corpus)} documents -> {options.out}")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_row(f"candidates (ranks {config.range_min}-{config.range_max - 1})", str(counts["candidates"]))
+    table.add_row("  removed: a positive of the query", str(counts["exact_positive"]))
+    table.add_row("  removed: score > --max-score", str(counts["above_max_score"]))
+    table.add_row("  removed: score > positive - margin", str(counts["above_positive_margin"]))
+    table.add_row("  removed: duplicate text", str(counts["duplicate"]))
+    table.add_row("eligible", str(counts["eligible"]))
+    table.add_row(f"queries with < {config.num_negatives} negatives", f"{short} ({'dropped' if options.drop_short else 'kept'})")
+    table.add_row("rows written", str(len(rows)))
+    table.add_row("negatives per query: mean / min", f"{sum(per_query) / len(per_query):.2f} / {min(per_query)}")
+    table.add_row("time: load + embed / mine / total", f"{embedded - started:.1f}s / {finished - embedded:.1f}s / {finished - started:.1f}s")
+    stdout.print(table)
