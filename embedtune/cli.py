@@ -19,6 +19,8 @@ Commands:
   train   fine-tune a model (Hydra overrides: embedtune train stage=pretrain loss.temperature=0.02)
           sweep with -m: embedtune train -m loss.temperature=0.02,0.05,0.1
   eval    retrieval metrics of a model on a BEIR folder or a pairs file
+  merge   merge checkpoints by SLERP or linear interpolation: embedtune merge --slerp A B --out merged
+  mine    hard negatives for a pairs file, mined with a model, filtered for false negatives
 
 Run `embedtune COMMAND --help` for a command's options.
 """
@@ -189,9 +191,27 @@ def eval_command(args: list[str]) -> None:
         write_text_atomic(options.out, json.dumps(payload if len(results) > 1 else {**payload, **results[options.model[0]]}, indent=2) + "\n")
 
 
+# --- mine --------------------------------------------------------------------------------
+
+
+def mine_command(args: list[str]) -> None:
+    from embedtune.mine_cli import main  # imported on use, as the other commands do, so `embedtune --help` stays fast
+
+    main(args)
+
+
+# --- merge -------------------------------------------------------------------------------
+
+
+def merge_command(args: list[str]) -> None:
+    from embedtune.merge.cli import merge_command as merge  # imported on use, so `embedtune --help` stays fast
+
+    merge(args)
+
+
 # --- dispatch ----------------------------------------------------------------------------
 
-COMMANDS = {"train": train_command, "eval": eval_command}
+COMMANDS = {"train": train_command, "eval": eval_command, "mine": mine_command, "merge": merge_command}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,91 @@
+"""`embedtune merge`: a model soup of checkpoints by SLERP or linear interpolation."""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+import warnings
+
+from embedtune.cli import fail
+from embedtune.errors import EmbedtuneError
+
+EXAMPLES = """examples:
+  embedtune merge --slerp all-MiniLM-L6-v2 runs/sft/final --t 0.7 --out runs/merged
+  embedtune merge --linear run1/final run2/final run3/final --weights 1 1 2 --out runs/soup
+  embedtune merge --slerp base/ sft/ --layer-t 'attention=0.3' 'intermediate|output.dense=0.7' --out merged/
+  embedtune merge --slerp base/ sft/ --only 'encoder.layer.[3-5].' --out merged/
+"""
+
+
+def merge_command(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="embedtune merge",
+        description="Merge checkpoints of one architecture tensor by tensor, by spherical (--slerp) or linear\n"
+        "(--linear) interpolation. The output keeps the first checkpoint's config, tokenizer and pooling.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    method = parser.add_mutually_exclusive_group(required=True)
+    method.add_argument("--slerp", dest="method", action="store_const", const="slerp", help="spherical interpolation of each tensor's direction, norms interpolated linearly; 3+ checkpoints: their spherical mean")
+    method.add_argument("--linear", dest="method", action="store_const", const="linear", help="the weighted average of the weights")
+    parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="model folders with safetensors weights (or a packaged name: all-MiniLM-L6-v2), two or more")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the merged model folder (written atomically)")
+    parser.add_argument("--t", type=float, default=None, help="two checkpoints: 0 gives the first, 1 the second (default 0.5)")
+    parser.add_argument("--weights", type=float, nargs="+", default=None, metavar="W", help="one weight per checkpoint (default: equal)")
+    parser.add_argument("--layer-t", action="extend", nargs="+", default=[], metavar="REGEX=T", help="two checkpoints: t for the tensors whose name matches REGEX; the first match wins")
+    parser.add_argument("--only", default=None, metavar="REGEX", help="merge only the tensors whose name matches; the rest come from the first checkpoint")
+    options = parser.parse_args(args)
+    layer_t = _parse_layer_t(options.layer_t)
+
+    from embedtune.merge.stream import merge_models
+    from embedtune.progress import console
+
+    def print_warning(message, *_args, **_kwargs) -> None:
+        console.print(f"embedtune merge: warning: {message}", style="yellow", markup=False, highlight=False)
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.showwarning = print_warning
+        try:
+            summary = merge_models(
+                options.checkpoints, options.out, options.method, t=options.t, weights=options.weights,
+                layer_t=layer_t, only=options.only, show_progress=True,
+            )  # fmt: skip
+        except EmbedtuneError as error:
+            fail("merge", str(error))
+    _print_summary(summary, time.perf_counter() - start)
+
+
+def _parse_layer_t(items: list[str]) -> list[tuple[str, float]]:
+    """'REGEX=T' strings as (regex, t); the regex may itself contain '='."""
+    schedule = []
+    for item in items:
+        pattern, _, value = item.rpartition("=")
+        try:
+            t = float(value)
+        except ValueError:
+            t = None
+        if not pattern or t is None:
+            fail("merge", f"--layer-t expects REGEX=T with T a number, got '{item}' (give the checkpoints before --layer-t)")
+        schedule.append((pattern, t))
+    return schedule
+
+
+def _print_summary(summary: dict, seconds: float) -> None:
+    from rich.table import Table
+
+    from embedtune.progress import stdout
+
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    table = Table(title=f"merge: {summary['method']} of {summary['inputs']} checkpoints", show_header=False)
+    table.add_row("output", f"{summary['out']} ({summary['shards']} shard{'s' if summary['shards'] > 1 else ''}, {summary['bytes'] / 2**20:.1f} MiB)")
+    table.add_row("tensors merged", f"{summary['merged']} of {summary['tensors']}")
+    if summary["method"] == "slerp":
+        table.add_row("fell back to lerp", f"{summary['lerp_fallbacks']} (nearly colinear or zero)")
+    table.add_row("copied from the first", f"{summary['copied']} (non-floating or not matched by --only)")
+    table.add_row("time", f"{seconds:.1f} s")
+    table.add_row("peak RSS", f"{peak_mib:.0f} MiB")
+    stdout.print(table)
