@@ -53,6 +53,7 @@ def validate(cfg: DictConfig) -> None:
     train = cfg.train
     _require(_is_int(cfg.batch.size) and cfg.batch.size >= 2, "batch.size", "an integer >= 2 (in-batch negatives need company)", cfg.batch.size)
     _require(isinstance(cfg.batch.gradcache, bool), "batch.gradcache", "true or false", cfg.batch.gradcache)
+    _require(isinstance(cfg.batch.no_duplicates, bool), "batch.no_duplicates", "true or false", cfg.batch.no_duplicates)
     _require(_is_int(cfg.batch.mini_batch_size) and cfg.batch.mini_batch_size >= 1, "batch.mini_batch_size", "an integer >= 1", cfg.batch.mini_batch_size)
     _require(_is_number(train.lr) and train.lr > 0, "train.lr", "a number > 0", train.lr)
     _require(_is_int(train.epochs) and train.epochs >= 1, "train.epochs", "an integer >= 1", train.epochs)

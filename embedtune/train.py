@@ -21,6 +21,7 @@ from transformers import get_scheduler
 
 from embedtune.config import instantiate_group, validate
 from embedtune.data.collate import PairCollator
+from embedtune.data.sampler import NoDuplicatesBatchSampler
 from embedtune.data.types import TrainEvalData
 from embedtune.errors import ConfigError, DataError
 from embedtune.eval.retrieval import evaluate_retrieval
@@ -64,15 +65,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         query_prompt=data.query_prompt,
         document_prompt=data.document_prompt,
     )
-    loader = DataLoader(
-        data.train,
-        batch_size=cfg.batch.size,
-        shuffle=True,
-        drop_last=True,  # every step sees a full batch of negatives
-        collate_fn=collate,
-        num_workers=cfg.train.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    if cfg.batch.no_duplicates:  # a repeated text in a batch is a false negative
+        sampler = NoDuplicatesBatchSampler(data.train, cfg.batch.size, seed=cfg.seed)
+        loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers)
+    else:  # full batches only: every step sees the same number of negatives
+        generator = torch.Generator().manual_seed(cfg.seed)
+        loader = DataLoader(data.train, batch_size=cfg.batch.size, shuffle=True, drop_last=True, collate_fn=collate, num_workers=cfg.train.num_workers, generator=generator)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = max(1, len(loader) // cfg.train.gradient_accumulation_steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,9 +33,9 @@ class BatchInfo:
 
 
 def text_ids(texts: list[str]) -> Tensor:
-    """Integer ids with equal texts sharing one id."""
-    ids: dict[str, int] = {}
-    return torch.tensor([ids.setdefault(text, len(ids)) for text in texts])
+    """A stable 63-bit hash per text: equal texts share an id, on every process, so ids stay
+    comparable after batches from several processes are gathered."""
+    return torch.tensor([int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1 for text in texts])
 
 
 def inverse_temperature(temperature: float, params: Mapping[str, Tensor]) -> Tensor | float:
