@@ -21,6 +21,7 @@ Commands:
   eval    retrieval metrics of a model on a BEIR folder or a pairs file
   merge   merge checkpoints by SLERP or linear interpolation: embedtune merge --slerp A B --out merged
   mine    hard negatives for a pairs file, mined with a model, filtered for false negatives
+  data    write the embedded default data set (Python stdlib pairs) as files for mine / train
 
 Run `embedtune COMMAND --help` for a command's options.
 """
@@ -209,9 +210,37 @@ def merge_command(args: list[str]) -> None:
     merge(args)
 
 
+# --- data --------------------------------------------------------------------------------
+
+
+def data_command(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="embedtune data",
+        description="Write the embedded default data set (Python standard library: docstring summary -> "
+        "function source) as files: OUT/train.jsonl (query, positive, negatives) and OUT/eval/ (a BEIR "
+        "folder of held-out packages, split 'test'), for `embedtune mine` and `embedtune train data=files`.",
+    )
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--max-train-pairs", type=int, default=None, help="cap the training pairs (default: all)")
+    parser.add_argument("--max-eval-queries", type=int, default=None, help="cap the held-out queries (default: all)")
+    parser.add_argument("--eval-fraction", type=float, default=0.2, help="share of pairs held out, by package (default: 0.2)")
+    options = parser.parse_args(args)
+
+    from embedtune.data.files import write_beir, write_pairs
+    from embedtune.data.stdlib import load
+
+    if not 0 < options.eval_fraction < 1:
+        fail("data", f"--eval-fraction must be in (0, 1), got {options.eval_fraction}")
+    data = load(options.eval_fraction, max_train_pairs=options.max_train_pairs, max_eval_queries=options.max_eval_queries)
+    write_pairs(data.train, f"{options.out}/train.jsonl")
+    write_beir(data.eval, f"{options.out}/eval")
+    print(f"wrote {len(data.train)} training pairs to {options.out}/train.jsonl and {len(data.eval.queries)} held-out queries "
+          f"over {len(data.eval.corpus)} documents to {options.out}/eval/")
+
+
 # --- dispatch ----------------------------------------------------------------------------
 
-COMMANDS = {"train": train_command, "eval": eval_command, "mine": mine_command, "merge": merge_command}
+COMMANDS = {"train": train_command, "eval": eval_command, "mine": mine_command, "merge": merge_command, "data": data_command}
 
 
 def main(argv: list[str] | None = None) -> None:

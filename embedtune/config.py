@@ -65,6 +65,7 @@ def validate(cfg: DictConfig) -> None:
     _require(train.mixed_precision in MIXED_PRECISION, "train.mixed_precision", f"one of {', '.join(MIXED_PRECISION)}", train.mixed_precision)
     _require(_is_int(train.query_max_length) and train.query_max_length >= 1, "train.query_max_length", "an integer >= 1", train.query_max_length)
     _require(_is_int(train.log_every) and train.log_every >= 1, "train.log_every", "an integer >= 1", train.log_every)
+    _require(train.save_every is None or (_is_int(train.save_every) and train.save_every >= 1), "train.save_every", "null or an integer >= 1", train.save_every)
     _require(_is_int(train.num_workers) and train.num_workers >= 0, "train.num_workers", "an integer >= 0", train.num_workers)
     _require(_is_int(cfg.negatives.per_query) and cfg.negatives.per_query >= 0, "negatives.per_query", "an integer >= 0", cfg.negatives.per_query)
     _require(_is_int(cfg.backbone.max_length) and cfg.backbone.max_length >= 1, "backbone.max_length", "an integer >= 1", cfg.backbone.max_length)

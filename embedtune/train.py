@@ -150,6 +150,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
                         log.flush()
                     advance(steps_in_window, status=f"loss {record['loss']:.4f} · lr {record['lr']:.2e} · {record['pairs_per_s']:.1f} pairs/s")
                     window_loss, window_pairs, window_start, window_geometry = 0.0, 0, time.perf_counter(), []
+                if is_main and cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
+                    accelerator.unwrap_model(model).save(output_dir / "checkpoints" / f"step-{step:05d}")  # for merging
                 if step >= total_steps:
                     break
     if log:

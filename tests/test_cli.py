@@ -100,3 +100,14 @@ def test_help_texts():
 def test_unknown_command():
     result = embedtune("fly")
     assert result.returncode == 2 and "unknown command" in result.stderr
+
+
+def test_data_command_writes_stdlib_as_files_that_train_and_eval_read(tmp_path):
+    result = embedtune("data", "--out", str(tmp_path / "d"), "--max-train-pairs", "20", "--max-eval-queries", "5")
+    assert result.returncode == 0, result.stderr
+    from embedtune.data.files import load_beir, load_pairs
+
+    pairs = load_pairs(str(tmp_path / "d" / "train.jsonl"))
+    assert len(pairs) == 20 and all(len(p.negatives) == 3 for p in pairs)
+    held_out = load_beir(str(tmp_path / "d" / "eval"), "test")
+    assert len(held_out.queries) == 5 and not {p.positive for p in pairs} & set(held_out.corpus.values())

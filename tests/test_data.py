@@ -130,3 +130,16 @@ def test_stdlib_split_by_package_deterministic_and_answers_hidden_from_queries(t
         assert len(pair.negatives) == 3 and pair.positive not in pair.negatives
         package = pair.positive.split("def ")[1].split("_f")[0]
         assert all(negative.startswith(f"def {package}_") for negative in pair.negatives)  # same module
+
+
+def test_written_pairs_and_beir_folder_load_back_unchanged(tmp_path):
+    from embedtune.data.files import write_beir, write_pairs
+    from embedtune.data.types import RetrievalSet
+
+    pairs = [Pair("q one", "doc one", ("neg a", "neg b")), Pair("q two", "doc two")]
+    write_pairs(pairs, tmp_path / "train.jsonl")
+    assert load_pairs(str(tmp_path / "train.jsonl")) == pairs
+    benchmark = RetrievalSet("x", {"q1": "question"}, {"d1": "answer", "d2": "other"}, {"q1": {"d1": 2}})
+    write_beir(benchmark, tmp_path / "beir")
+    again = load_beir(str(tmp_path / "beir"), "test")
+    assert (again.queries, again.corpus, again.qrels) == (benchmark.queries, benchmark.corpus, benchmark.qrels)

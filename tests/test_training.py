@@ -113,3 +113,10 @@ def test_gradcache_run_through_the_loop(tiny_bert_dir, rich_pairs, tmp_path):
     run(compose_tiny(tiny_bert_dir, rich_pairs, "batch.gradcache=true", "batch.mini_batch_size=3", "mrl.dims=[32,8]", "loss=qwen3"), tmp_path)
     records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records][-1] == 2 and all(math.isfinite(r["loss"]) for r in records)
+
+
+def test_save_every_writes_loadable_checkpoints_for_merging(tiny_bert_dir, rich_pairs, tmp_path):
+    run(compose_tiny(tiny_bert_dir, rich_pairs, "train.max_steps=3", "train.save_every=1"), tmp_path)
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["step-00001", "step-00002"]  # the last step is final/
+    assert load_embedder(str(tmp_path / "checkpoints" / "step-00002")).max_length == 16

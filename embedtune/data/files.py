@@ -17,6 +17,7 @@ from typing import Any
 
 from embedtune.data.types import Pair, RetrievalSet, TrainEvalData
 from embedtune.errors import DataError
+from embedtune.io import write_text_atomic
 
 TABULAR_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 
@@ -286,3 +287,18 @@ def load(
         document_prompt=document_prompt,
         source=train,
     )
+
+
+def write_pairs(pairs: list[Pair], path: str | Path) -> None:
+    """Write pairs as jsonl (query, positive, negatives), the format `load_pairs` reads back."""
+    lines = [json.dumps({"query": p.query, "positive": p.positive, "negatives": list(p.negatives)}) for p in pairs]
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def write_beir(benchmark: RetrievalSet, folder: str | Path, split: str = "test") -> None:
+    """Write a retrieval set as a BEIR folder, the layout `load_beir` reads back."""
+    root = Path(folder)
+    write_text_atomic(root / "corpus.jsonl", "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in benchmark.corpus.items()))
+    write_text_atomic(root / "queries.jsonl", "".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in benchmark.queries.items()))
+    rows = [f"{qid}\t{did}\t{rel}\n" for qid, judged in benchmark.qrels.items() for did, rel in judged.items()]
+    write_text_atomic(root / "qrels" / f"{split}.tsv", "query-id\tcorpus-id\tscore\n" + "".join(rows))
