@@ -66,7 +66,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         document_prompt=data.document_prompt,
     )
     if cfg.batch.no_duplicates:  # a repeated text in a batch is a false negative
-        sampler = NoDuplicatesBatchSampler(data.train, cfg.batch.size, seed=cfg.seed)
+        sampler = NoDuplicatesBatchSampler(data.train, cfg.batch.size, cfg.seed, cfg.negatives.per_query)
         loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers)
     else:  # full batches only: every step sees the same number of negatives
         generator = torch.Generator().manual_seed(cfg.seed)

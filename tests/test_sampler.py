@@ -43,3 +43,9 @@ def test_distinct_texts_use_every_full_batch():
     pairs = [Pair(f"q{i}", f"p{i}") for i in range(10)]
     sampler = NoDuplicatesBatchSampler(pairs, batch_size=3)
     assert len(sampler) == 3 and sampler.skipped_last_epoch == 1
+
+
+def test_only_negatives_that_enter_the_batch_count():
+    pairs = [Pair(f"q{i}", f"p{i}", ("shared negative",)) for i in range(8)]
+    assert len(NoDuplicatesBatchSampler(pairs, batch_size=4, negatives_per_query=1)) == 0  # shared text in every pair
+    assert len(NoDuplicatesBatchSampler(pairs, batch_size=4, negatives_per_query=0)) == 2

@@ -24,8 +24,9 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
     wait on each other.
     """
 
-    def __init__(self, pairs: list[Pair], batch_size: int, seed: int = 0) -> None:
-        self.texts = [{pair.query, pair.positive, *pair.negatives} for pair in pairs]
+    def __init__(self, pairs: list[Pair], batch_size: int, seed: int = 0, negatives_per_query: int | None = None) -> None:
+        # only the texts that enter the batch: the query, the positive and the negatives used
+        self.texts = [{pair.query, pair.positive, *pair.negatives[:negatives_per_query]} for pair in pairs]
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = 0
