@@ -6,6 +6,7 @@ main process writes logs and models.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import send_to_device, set_seed
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 from torch.utils.data import DataLoader
@@ -56,7 +57,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         dtype=cfg.backbone.dtype,
     )
     loss_fn = build_loss(cfg, model)
-    check_data(data, cfg.batch.size * accelerator.num_processes, cfg.negatives.per_query)
+    if data.stream is None:
+        check_data(data, cfg.batch.size * accelerator.num_processes, cfg.negatives.per_query)
+    elif cfg.train.max_steps is None:
+        raise ConfigError("data=stream: a stream has no end, set train.max_steps")
     collate = PairCollator(
         model.tokenizer,
         query_max_length=cfg.train.query_max_length,
@@ -65,15 +69,20 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         query_prompt=data.query_prompt,
         document_prompt=data.document_prompt,
     )
-    if cfg.batch.no_duplicates:  # a repeated text in a batch is a false negative
-        sampler = NoDuplicatesBatchSampler(data.train, cfg.batch.size, cfg.seed, cfg.negatives.per_query)
-        loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers)
-    else:  # full batches only: every step sees the same number of negatives
-        generator = torch.Generator().manual_seed(cfg.seed)
-        loader = DataLoader(data.train, batch_size=cfg.batch.size, shuffle=True, drop_last=True, collate_fn=collate, num_workers=cfg.train.num_workers, generator=generator)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    steps_per_epoch = max(1, len(loader) // cfg.train.gradient_accumulation_steps)
+    if data.stream is not None:  # already one batch per item, sharded by rank: not for Accelerate to split
+        stream = dataclasses.replace(data.stream, batch_size=cfg.batch.size, seed=cfg.seed, rank=accelerator.process_index, world_size=accelerator.num_processes, negatives_per_query=cfg.negatives.per_query)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        loader = DataLoader(stream, batch_size=None, collate_fn=collate, num_workers=0)
+    else:
+        if cfg.batch.no_duplicates:  # a repeated text in a batch is a false negative
+            sampler = NoDuplicatesBatchSampler(data.train, cfg.batch.size, cfg.seed, cfg.negatives.per_query)
+            loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers)
+        else:  # full batches only: every step sees the same number of negatives
+            generator = torch.Generator().manual_seed(cfg.seed)
+            loader = DataLoader(data.train, batch_size=cfg.batch.size, shuffle=True, drop_last=True, collate_fn=collate, num_workers=cfg.train.num_workers, generator=generator)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = max(1, len(loader) // cfg.train.gradient_accumulation_steps) if data.stream is None else cfg.train.max_steps
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     # Stepped once per optimizer step by us (not prepared: Accelerate would step it per process).
     scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.train.warmup_ratio * total_steps), num_training_steps=total_steps)
@@ -82,7 +91,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         console.print(
-            f"[bold]embedtune train[/]: {len(data.train)} pairs from {data.source or 'data'}, "
+            f"[bold]embedtune train[/]: {f'{len(data.train)} pairs' if data.stream is None else 'streaming'} from {data.source or 'data'}, "
             f"{total_steps} steps x {cfg.batch.size} pairs x {accelerator.num_processes} process(es), "
             f"{cfg.negatives.per_query} hard negative(s)/query -> {output_dir}"
         )
@@ -104,6 +113,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     with progress_bar("training", total_steps, enabled=is_main, status=True) as advance:
         while step < total_steps:
             for batch in loader:
+                batch = send_to_device(batch, accelerator.device)
                 with accelerator.accumulate(model):
                     if cfg.batch.gradcache:
                         no_sync = lambda: accelerator.no_sync(model)  # noqa: E731

@@ -93,11 +93,14 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
     except Exception as error:  # pyarrow raises several unrelated types for a bad file
         raise DataError(f"{path}: not a readable parquet file ({error})") from None
-    for number, row in enumerate(table.to_pylist(), start=1):
-        yield f"{path}:row {number}", row
+    number = 0
+    for record_batch in parquet.iter_batches(batch_size=4096):  # streams: memory stays at one batch
+        for row in record_batch.to_pylist():
+            number += 1
+            yield f"{path}:row {number}", row
 
 
 def _iter_hf_rows(source: str) -> Iterator[tuple[str, dict[str, Any]]]:

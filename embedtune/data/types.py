@@ -33,6 +33,7 @@ class TrainEvalData:
 
     train: list[Pair]
     eval: RetrievalSet | None = None
+    stream: object | None = None  # a MixedPairStream instead of `train` for data larger than memory
     query_prompt: str = ""  # prepended to queries at training and inference (saved with the model)
     document_prompt: str = ""
     source: str = field(default="")
