@@ -123,6 +123,11 @@ def train_command(args: list[str]) -> None:
         if HYDRA_FLAGS_WITHOUT_VALUE.intersection(args):
             args = [*args, _name_sweep_runs_by_swept_keys(parsed)]
 
+    from embedtune.distributed import launch_rank
+
+    if launch_rank() > 0:  # under `accelerate launch` every rank runs Hydra on the same output_dir:
+        args = [*args, "hydra.output_subdir=null", "hydra/job_logging=none"]  # only rank 0 writes .hydra/ and train.log
+
     @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
     def hydra_train(cfg) -> float | None:
         from embedtune.train import run
@@ -131,6 +136,8 @@ def train_command(args: list[str]) -> None:
             result = run(cfg, HydraConfig.get().runtime.output_dir)
         except EmbedtuneError as error:
             fail("train", str(error))
+        except KeyboardInterrupt:  # train.run saved a resumable state and said where
+            raise SystemExit(130) from None
         return (result["after"] or {}).get("ndcg@10")  # the sweep objective
 
     quiet_transformers()

@@ -87,6 +87,12 @@ def gradcache_step(
             remaining -= 1
             rows = mini_batch["input_ids"].shape[0]
             with no_sync() if remaining else contextlib.nullcontext(), _replayed_rng(state):
-                model(mini_batch).backward(grads[start : start + rows])
+                surrogate = (model(mini_batch) * grads[start : start + rows]).sum()  # backward of this = e.backward(dL/de)
+                if not remaining:
+                    # The loss's own scalars got their gradient in step 2, outside any forward of the
+                    # (possibly DDP-wrapped) model; a zero-valued term puts them in the synced backward
+                    # so DDP reduces them along with everything else.
+                    surrogate = surrogate + sum(param.sum() * 0 for param in loss_params.values())
+                surrogate.backward()
             start += rows
     return loss.detach(), queries.detach(), documents.detach()

@@ -6,10 +6,14 @@ main process writes logs and models.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -20,11 +24,15 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
+from embedtune import checkpoint
+from embedtune.checkpoint import TrainerState
 from embedtune.config import instantiate_group, validate
 from embedtune.data.collate import PairCollator
-from embedtune.data.sampler import NoDuplicatesBatchSampler
+from embedtune.data.sampler import ShuffledBatchSampler
 from embedtune.data.types import TrainEvalData
-from embedtune.errors import ConfigError, DataError
+from embedtune.distributed import CrossDevice, check_launch, freeze_unused_pooler
+from embedtune.errors import ConfigError, DataError, EmbedtuneError
+from embedtune.eval.diagnostics import geometry
 from embedtune.eval.retrieval import evaluate_retrieval
 from embedtune.gradcache import gradcache_step
 from embedtune.io import write_text_atomic
@@ -45,6 +53,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
     )
     set_seed(cfg.seed)
+    check_launch(accelerator.num_processes)
     is_main = accelerator.is_main_process
 
     # --- build: data, model, loss, optimiser -----------------------------------------------
@@ -56,7 +65,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         prompts={"query": data.query_prompt, "document": data.document_prompt},
         dtype=cfg.backbone.dtype,
     )
+    freeze_unused_pooler(model)  # never gets a gradient; DDP would wait for it forever
     loss_fn = build_loss(cfg, model)
+    if cfg.negatives.cross_device and accelerator.num_processes > 1:  # every process's batch becomes negatives
+        loss_fn = CrossDevice(loss_fn)
     if data.stream is None:
         check_data(data, cfg.batch.size * accelerator.num_processes, cfg.negatives.per_query)
     elif cfg.train.max_steps is None:
@@ -70,102 +82,140 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         document_prompt=data.document_prompt,
     )
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = checkpoint.find(cfg.resume, output_dir)
     if data.stream is not None:  # already one batch per item, sharded by rank: not for Accelerate to split
         stream = dataclasses.replace(data.stream, batch_size=cfg.batch.size, seed=cfg.seed, rank=accelerator.process_index, world_size=accelerator.num_processes, negatives_per_query=cfg.negatives.per_query)
         model, optimizer = accelerator.prepare(model, optimizer)
-        loader = DataLoader(stream, batch_size=None, collate_fn=collate, num_workers=0)
+        loader = DataLoader(stream, batch_size=None, collate_fn=collate, num_workers=0, generator=torch.Generator().manual_seed(cfg.seed))
+        steps_per_epoch = cfg.train.max_steps
     else:
-        if cfg.batch.no_duplicates:  # a repeated text in a batch is a false negative
-            sampler = NoDuplicatesBatchSampler(data.train, cfg.batch.size, cfg.seed, cfg.negatives.per_query)
-            loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers)
-        else:  # full batches only: every step sees the same number of negatives
-            generator = torch.Generator().manual_seed(cfg.seed)
-            loader = DataLoader(data.train, batch_size=cfg.batch.size, shuffle=True, drop_last=True, collate_fn=collate, num_workers=cfg.train.num_workers, generator=generator)
+        sampler = ShuffledBatchSampler(data.train, cfg.batch.size, cfg.seed, cfg.negatives.per_query, cfg.batch.no_duplicates)
+        # Its own generator: starting an epoch's iterator then draws no number from the global RNG,
+        # so dropout masks do not depend on where a run was resumed.
+        generator = torch.Generator().manual_seed(cfg.seed)
+        loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers, generator=generator)
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    steps_per_epoch = max(1, len(loader) // cfg.train.gradient_accumulation_steps) if data.stream is None else cfg.train.max_steps
+        steps_per_epoch = max(1, len(loader) // cfg.train.gradient_accumulation_steps)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     # Stepped once per optimizer step by us (not prepared: Accelerate would step it per process).
     scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.train.warmup_ratio * total_steps), num_training_steps=total_steps)
-
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        console.print(
-            f"[bold]embedtune train[/]: {f'{len(data.train)} pairs' if data.stream is None else 'streaming'} from {data.source or 'data'}, "
-            f"{total_steps} steps x {cfg.batch.size} pairs x {accelerator.num_processes} process(es), "
-            f"{cfg.negatives.per_query} hard negative(s)/query -> {output_dir}"
-        )
+    accelerator.register_for_checkpointing(scheduler)
 
     def evaluate() -> dict | None:
         if data.eval is None or not is_main:
             return None
         return evaluate_retrieval(accelerator.unwrap_model(model), data.eval, cfg.eval.batch_size)
 
-    before = evaluate() if cfg.eval.before else None
+    log_path = output_dir / "train_log.jsonl"
+    if resume_from is None:
+        state = TrainerState(before=evaluate() if cfg.eval.before else None)
+        if is_main:
+            log_path.write_text("", encoding="utf-8")
+    else:  # continue exactly where the saved state stopped: weights, optimizer, RNG, data position, log
+        state = checkpoint.load(accelerator, resume_from)
+        if data.stream is not None:
+            loader.dataset.start_batch = state.batches_in_epoch  # each stream item is one global batch
+        else:
+            sampler.set_epoch(state.epoch)
+            sampler.skip(state.batches_in_epoch * accelerator.num_processes)  # the plan counts every process's batches
+            loader.set_epoch(state.epoch)
+        if is_main:
+            kept = [line for line in log_path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= state.step] if log_path.is_file() else []
+            write_text_atomic(log_path, "".join(line + "\n" for line in kept))
+    if is_main:
+        write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        console.print(
+            f"[bold]embedtune train[/]: {f'{len(data.train)} pairs' if data.stream is None else 'streaming'} from {data.source or 'data'}, "
+            f"{total_steps} steps x {cfg.batch.size} pairs x {accelerator.num_processes} process(es), "
+            f"{cfg.negatives.per_query} hard negative(s)/query -> {output_dir}"
+            + (f" (resumed at step {state.step} from {resume_from})" if resume_from else "")
+        )
 
     # --- train ---------------------------------------------------------------------------
     model.train()
     loss_params = accelerator.unwrap_model(model).loss_params
-    step, window_loss, window_pairs, window_start, window_geometry = 0, 0.0, 0, time.perf_counter(), []
-    warned_collapse = False
-    log_path = output_dir / "train_log.jsonl"
-    log = log_path.open("w", encoding="utf-8") if is_main else None
-    with progress_bar("training", total_steps, enabled=is_main, status=True) as advance:
-        while step < total_steps:
-            for batch in loader:
-                batch = send_to_device(batch, accelerator.device)
-                with accelerator.accumulate(model):
-                    if cfg.batch.gradcache:
-                        no_sync = lambda: accelerator.no_sync(model)  # noqa: E731
-                        loss, queries, documents = gradcache_step(model, batch, loss_fn, loss_params, cfg.batch.mini_batch_size, accelerator.backward, no_sync)
-                    else:
-                        queries = model(batch["queries"])  # (batch, dim)
-                        documents = model(batch["documents"])  # (batch * (1 + k), dim)
-                        loss = loss_fn(queries, documents, batch["info"], loss_params)
-                        accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                    clamp_temperature(loss_params, cfg.temperature)
-                window_loss += loss.item() / cfg.train.gradient_accumulation_steps
-                window_geometry.append(geometry(queries.detach(), documents.detach()))
-                window_pairs += queries.shape[0] * accelerator.num_processes
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                step += 1
-                if step % cfg.train.log_every == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    steps_in_window = (step - 1) % cfg.train.log_every + 1
-                    record = {
-                        "step": step,
-                        "epoch": round(step / steps_per_epoch, 4),
-                        "loss": window_loss / steps_in_window,
-                        "lr": scheduler.get_last_lr()[0],
-                        "pairs_per_s": window_pairs / elapsed,
-                        **{name: sum(g[name] for g in window_geometry) / len(window_geometry) for name in window_geometry[0]},
-                    }
-                    if "logit_scale" in loss_params:
-                        record["temperature"] = 1 / loss_params["logit_scale"].exp().item()
-                    if is_main and not warned_collapse and record["embedding_std"] < cfg.collapse.warn_below:
-                        warned_collapse = True
-                        console.print(
-                            f"[bold yellow]warning:[/] embeddings are collapsing at step {step}: the mean std of a dimension is "
-                            f"{record['embedding_std']:.4f} x 1/sqrt(dim) (healthy spaces sit near 1). Lower the learning rate, "
-                            "raise the temperature or check the data for near-identical pairs."
-                        )
-                    if log:
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                    advance(steps_in_window, status=f"loss {record['loss']:.4f} · lr {record['lr']:.2e} · {record['pairs_per_s']:.1f} pairs/s")
-                    window_loss, window_pairs, window_start, window_geometry = 0.0, 0, time.perf_counter(), []
-                if is_main and cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
-                    accelerator.unwrap_model(model).save(output_dir / "checkpoints" / f"step-{step:05d}")  # for merging
-                if step >= total_steps:
-                    break
-    if log:
-        log.close()
+    window_pairs, window_start, warned_collapse = 0, time.perf_counter(), False
+    log = log_path.open("a", encoding="utf-8") if is_main else None
+    try:
+        with progress_bar("training", total_steps, enabled=is_main, status=True) as advance, stop_requests() as stop_requested:
+            advance(state.step)
+            while state.step < total_steps:
+                for batch in loader:
+                    state.batches_in_epoch += 1
+                    batch = send_to_device(batch, accelerator.device)
+                    with accelerator.accumulate(model):
+                        if cfg.batch.gradcache:
+                            no_sync = lambda: accelerator.no_sync(model)  # noqa: E731
+                            loss, queries, documents = gradcache_step(model, batch, loss_fn, loss_params, cfg.batch.mini_batch_size, accelerator.backward, no_sync)
+                        else:
+                            queries = model(batch["queries"])  # (batch, dim)
+                            documents = model(batch["documents"])  # (batch * (1 + k), dim)
+                            loss = loss_fn(queries, documents, batch["info"], loss_params)
+                            accelerator.backward(loss)
+                        finite = True
+                        if accelerator.sync_gradients:
+                            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm))
+                            finite = math.isfinite(loss.item()) and (math.isfinite(grad_norm) or cfg.train.mixed_precision == "fp16")  # fp16: the grad scaler skips inf steps itself
+                            if not finite:
+                                handle_nonfinite(cfg.train.on_nonfinite, state, loss.item(), grad_norm, is_main)
+                        if finite:
+                            optimizer.step()
+                        optimizer.zero_grad()
+                        clamp_temperature(loss_params, cfg.temperature)
+                    if not finite:
+                        continue
+                    state.window_loss += loss.item() / cfg.train.gradient_accumulation_steps
+                    state.window_geometry.append(geometry(queries.detach(), documents.detach()))
+                    window_pairs += queries.shape[0] * accelerator.num_processes
+                    if not accelerator.sync_gradients:
+                        continue
+                    scheduler.step()
+                    state.step += 1
+                    step = state.step
+                    if step % cfg.train.log_every == 0 or step == total_steps:
+                        steps_in_window = (step - 1) % cfg.train.log_every + 1
+                        geometry_means = {name: sum(g[name] for g in state.window_geometry) / len(state.window_geometry) for name in state.window_geometry[0]}
+                        record = {
+                            "step": step,
+                            "epoch": round(step / steps_per_epoch, 4),
+                            "loss": state.window_loss / steps_in_window,
+                            "lr": scheduler.get_last_lr()[0],
+                            "pairs_per_s": window_pairs / (time.perf_counter() - window_start),
+                            **geometry_means,
+                        }
+                        if "logit_scale" in loss_params:
+                            record["temperature"] = 1 / loss_params["logit_scale"].exp().item()
+                        if is_main and not warned_collapse and record["embedding_std"] < cfg.collapse.warn_below:
+                            warned_collapse = True
+                            console.print(
+                                f"[bold yellow]warning:[/] embeddings are collapsing at step {step}: the mean std of a dimension is "
+                                f"{record['embedding_std']:.4f} x 1/sqrt(dim) (healthy spaces sit near 1). Lower the learning rate, "
+                                "raise the temperature or check the data for near-identical pairs."
+                            )
+                        if log:
+                            log.write(json.dumps(record) + "\n")
+                            log.flush()
+                        advance(steps_in_window, status=f"loss {record['loss']:.4f} · lr {record['lr']:.2e} · {record['pairs_per_s']:.1f} pairs/s")
+                        state.window_loss, state.window_geometry = 0.0, []
+                        window_pairs, window_start = 0, time.perf_counter()
+                    if is_main and cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
+                        accelerator.unwrap_model(model).save(output_dir / "checkpoints" / f"step-{step:05d}")  # for merging
+                    if cfg.checkpoint.every_n_steps and step % cfg.checkpoint.every_n_steps == 0 and step < total_steps:
+                        checkpoint.save(accelerator, output_dir, state, cfg.checkpoint.keep_last)
+                    if stop_requested() and step < total_steps:
+                        folder = checkpoint.save(accelerator, output_dir, state, cfg.checkpoint.keep_last)
+                        console.print(f"[bold]interrupted[/] after step {step}: state saved to {folder}; continue with resume=auto")
+                        raise KeyboardInterrupt
+                    if step >= total_steps:
+                        break
+                else:  # the loader is exhausted: the next pass is a new epoch
+                    state.epoch += 1
+                    state.batches_in_epoch = 0
+    finally:
+        if log:
+            log.close()
+    before = state.before
 
     # --- save and evaluate ----------------------------------------------------------------
     accelerator.wait_for_everyone()
@@ -221,6 +271,39 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+@contextlib.contextmanager
+def stop_requests() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C during training: the first one asks the loop to stop after the current step (then
+    a consistent, resumable state is saved); a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested = []
+
+    def on_sigint(signum, frame) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        console.print("[bold]Ctrl-C[/]: stopping after this step to save a resumable state (Ctrl-C again aborts now)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def handle_nonfinite(policy: str, state: TrainerState, loss: float, grad_norm: float, is_main: bool) -> None:
+    """A NaN/inf loss or gradient: stop before it reaches the weights (``stop``), or drop the
+    step's gradients and go on (``skip``). Nothing non-finite is ever saved."""
+    where = f"step {state.step + 1}: non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} (loss {loss}, gradient norm {grad_norm})"
+    if policy == "stop":
+        raise EmbedtuneError(f"{where}; stopped before updating the weights. Lower train.lr, check the data, or set train.on_nonfinite=skip")
+    state.skipped_nonfinite += 1
+    if is_main:
+        console.print(f"[bold yellow]warning:[/] {where}; step skipped ({state.skipped_nonfinite} so far)")
+
+
 @torch.no_grad()
 def clamp_temperature(loss_params: torch.nn.ParameterDict, temperature: DictConfig) -> None:
     """Keep a learnable tau within [min, max] (open_clip clamps its logit scale the same way)."""
@@ -229,22 +312,6 @@ def clamp_temperature(loss_params: torch.nn.ParameterDict, temperature: DictConf
 
 
 @torch.no_grad()
-def geometry(queries: torch.Tensor, documents: torch.Tensor) -> dict[str, float]:
-    """Collapse indicators of one batch.
-
-    ``embedding_std``: mean over dimensions of the std of the documents' embeddings, times
-    sqrt(dim) so that an isotropic space scores about 1 and a collapsed one (every text on the
-    same point) scores 0. ``similarity_gap``: mean cosine of each query with its positive minus
-    the mean cosine with the other in-batch positives.
-    """
-    size = queries.shape[0]
-    std = documents.float().std(dim=0).mean().item() * documents.shape[1] ** 0.5
-    scores = queries.float() @ documents[:size].float().T  # (batch, batch)
-    positive = scores.diagonal().mean().item()
-    negative = (scores.sum() - scores.diagonal().sum()).item() / max(size * (size - 1), 1)
-    return {"embedding_std": std, "similarity_gap": positive - negative}
-
-
 def comparison_table(title: str, before: dict | None, after: dict) -> Table:
     """Metrics of the starting model and the trained one, side by side."""
     table = Table(title=title)

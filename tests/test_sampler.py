@@ -1,6 +1,6 @@
 """The no-duplicates batch sampler: no text twice in a batch, exact length, same plan per seed."""
 
-from embedtune.data.sampler import NoDuplicatesBatchSampler
+from embedtune.data.sampler import ShuffledBatchSampler
 from embedtune.data.types import Pair
 
 
@@ -12,7 +12,7 @@ def pairs_with_repeats():
 
 def test_no_text_repeats_within_a_batch_and_each_pair_used_once():
     pairs = pairs_with_repeats()
-    sampler = NoDuplicatesBatchSampler(pairs, batch_size=4, seed=3)
+    sampler = ShuffledBatchSampler(pairs, batch_size=4, seed=3)
     batches = list(sampler)
     for batch in batches:
         texts = [text for i in batch for text in (pairs[i].query, pairs[i].positive, *pairs[i].negatives)]
@@ -24,7 +24,7 @@ def test_no_text_repeats_within_a_batch_and_each_pair_used_once():
 
 
 def test_len_is_exact_and_epochs_reshuffle():
-    sampler = NoDuplicatesBatchSampler(pairs_with_repeats(), batch_size=4, seed=0)
+    sampler = ShuffledBatchSampler(pairs_with_repeats(), batch_size=4, seed=0)
     expected = len(sampler)
     first = list(sampler)
     assert len(first) == expected
@@ -34,18 +34,28 @@ def test_len_is_exact_and_epochs_reshuffle():
 
 
 def test_same_seed_same_plan_as_distributed_ranks_need():
-    a = list(NoDuplicatesBatchSampler(pairs_with_repeats(), batch_size=4, seed=7))
-    b = list(NoDuplicatesBatchSampler(pairs_with_repeats(), batch_size=4, seed=7))
+    a = list(ShuffledBatchSampler(pairs_with_repeats(), batch_size=4, seed=7))
+    b = list(ShuffledBatchSampler(pairs_with_repeats(), batch_size=4, seed=7))
     assert a == b
 
 
 def test_distinct_texts_use_every_full_batch():
     pairs = [Pair(f"q{i}", f"p{i}") for i in range(10)]
-    sampler = NoDuplicatesBatchSampler(pairs, batch_size=3)
+    sampler = ShuffledBatchSampler(pairs, batch_size=3)
     assert len(sampler) == 3 and sampler.skipped_last_epoch == 1
 
 
 def test_only_negatives_that_enter_the_batch_count():
     pairs = [Pair(f"q{i}", f"p{i}", ("shared negative",)) for i in range(8)]
-    assert len(NoDuplicatesBatchSampler(pairs, batch_size=4, negatives_per_query=1)) == 0  # shared text in every pair
-    assert len(NoDuplicatesBatchSampler(pairs, batch_size=4, negatives_per_query=0)) == 2
+    assert len(ShuffledBatchSampler(pairs, batch_size=4, negatives_per_query=1)) == 0  # shared text in every pair
+    assert len(ShuffledBatchSampler(pairs, batch_size=4, negatives_per_query=0)) == 2
+
+
+def test_plain_shuffle_and_skip_resume_the_same_plan():
+    pairs = pairs_with_repeats()
+    plain = ShuffledBatchSampler(pairs, batch_size=4, seed=2, no_duplicates=False)
+    assert len(plain) == 7 and len({i for b in plain for i in b}) == 28  # 30 pairs, 7 full batches
+    full = list(ShuffledBatchSampler(pairs, batch_size=4, seed=2))
+    resumed = ShuffledBatchSampler(pairs, batch_size=4, seed=2)
+    resumed.skip(3)
+    assert list(resumed) == full[3:]

@@ -77,6 +77,7 @@ class MixedPairStream(IterableDataset):
     rank: int = 0
     world_size: int = 1
     negatives_per_query: int = 0
+    start_batch: int = 0  # batches to draw and drop first: where a resumed run continues
     batches_per_source: dict[str, int] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[list[Pair]]:
@@ -85,7 +86,7 @@ class MixedPairStream(IterableDataset):
         waiting: list[list[Pair]] = [[] for _ in self.sources]
         weights = [source.weight for source in self.sources]
         global_size = self.batch_size * self.world_size
-        while True:
+        for number in itertools.count():
             chosen = rng.choices(range(len(self.sources)), weights)[0]
             batch, seen, deferred = [], set(), []
             for pair in itertools.chain(waiting[chosen], streams[chosen]):
@@ -102,7 +103,8 @@ class MixedPairStream(IterableDataset):
             waiting[chosen] = deferred + waiting[chosen][len(batch) + len(deferred) :]
             name = self.sources[chosen].name or self.sources[chosen].path
             self.batches_per_source[name] = self.batches_per_source.get(name, 0) + 1
-            yield batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+            if number >= self.start_batch:
+                yield batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
 
 def load(

@@ -1,0 +1,86 @@
+"""Resumable training state: save it atomically every N steps, find the latest, load it back.
+
+A state folder (``<output_dir>/state/step-NNNNN/``) holds what Accelerate saves — model weights
+(with the loss's learnable scalars), optimizer, scheduler, every process's RNG states — plus
+``trainer_state.json``: the step, the data position (epoch and batches consumed in it) and the
+unfinished logging window, so a resumed run continues with the very batches, dropout masks and
+logged averages an uninterrupted run would have produced.
+
+Folders are written under a temporary name and renamed into place: a kill at any moment leaves
+the previous complete state or the new complete one, never a half-written folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from embedtune.errors import ConfigError
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    """Where training stands after ``step`` optimizer steps."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # loader batches of ``epoch`` already consumed (per process)
+    window_loss: float = 0.0
+    window_geometry: list[dict] = field(default_factory=list)
+    before: dict | None = None  # the starting model's eval metrics, kept for the final table
+    skipped_nonfinite: int = 0  # steps dropped for a NaN/inf loss or gradient (train.on_nonfinite=skip)
+
+
+def state_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / "state" / f"step-{step:05d}"
+
+
+def save(accelerator, output_dir: Path, state: TrainerState, keep_last: int | None) -> Path:
+    """Save model, optimizer, scheduler, RNG and ``state`` to ``state/step-N`` atomically, then
+    drop the oldest states beyond ``keep_last``. Called on every process (each saves its RNG)."""
+    folder = state_dir(output_dir, state.step)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)  # the state becomes visible complete, or not at all
+        if keep_last:
+            for old in sorted(complete_states(output_dir))[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def complete_states(output_dir: Path) -> list[Path]:
+    """State folders that finished writing (temporary ones start with a dot), oldest first."""
+    root = output_dir / "state"
+    return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
+
+
+def find(resume: str | None, output_dir: Path) -> Path | None:
+    """The state to resume from: ``auto`` = the latest complete one in ``output_dir`` (None when
+    there is none: a fresh start), or an explicit folder."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        states = complete_states(output_dir)
+        return states[-1] if states else None
+    folder = Path(resume)
+    if not (folder / STATE_FILE).is_file():
+        raise ConfigError(f"resume={resume}: not a training state folder (no {STATE_FILE}); use resume=auto or a state/step-NNNNN folder")
+    return folder
+
+
+def load(accelerator, folder: Path) -> TrainerState:
+    """Restore everything `save` wrote; returns the trainer state."""
+    accelerator.load_state(str(folder))
+    return TrainerState(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
