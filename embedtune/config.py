@@ -79,8 +79,8 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.pooling.mode in POOLINGS, "pooling.mode", f"one of {', '.join(POOLINGS)}", cfg.pooling.mode)
     _require(_is_int(cfg.eval.batch_size) and cfg.eval.batch_size >= 1, "eval.batch_size", "an integer >= 1", cfg.eval.batch_size)
     dims, weights = cfg.mrl.dims, cfg.mrl.weights
-    _require(dims is None or (len(dims) > 0 and all(_is_int(d) and d >= 1 for d in dims)), "mrl.dims", "null or a list of positive integers", dims)
-    _require(weights is None or (dims is not None and len(weights) == len(dims) and all(_is_number(w) and w >= 0 for w in weights)), "mrl.weights", "null or one number >= 0 per mrl.dims entry", weights)
+    _require(dims is None or (OmegaConf.is_list(dims) and len(dims) > 0 and all(_is_int(d) and d >= 1 for d in dims)), "mrl.dims", "null or a list of positive integers", dims)
+    _require(weights is None or (OmegaConf.is_list(weights) and dims is not None and len(weights) == len(dims) and all(_is_number(w) and w >= 0 for w in weights)), "mrl.weights", "null or one number >= 0 per mrl.dims entry", weights)
     if cfg.temperature.learnable:
         low, high = cfg.temperature.min, cfg.temperature.max
         _require(_is_number(low) and _is_number(high) and 0 < low < high, "temperature.min/max", "numbers with 0 < min < max", (low, high))
