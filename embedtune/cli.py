@@ -16,12 +16,15 @@ USAGE = f"""embedtune {__version__}: fine-tune text-embedding models with contra
 Usage: embedtune COMMAND [ARGS]
 
 Commands:
-  train   fine-tune a model (Hydra overrides: embedtune train stage=pretrain loss.temperature=0.02)
-          sweep with -m: embedtune train -m loss.temperature=0.02,0.05,0.1
-  eval    retrieval metrics of a model on a BEIR folder or a pairs file
-  merge   merge checkpoints by SLERP or linear interpolation: embedtune merge --slerp A B --out merged
-  mine    hard negatives for a pairs file, mined with a model, filtered for false negatives
-  data    write the embedded default data set (Python stdlib pairs) as files for mine / train
+  train     fine-tune a model (Hydra overrides: embedtune train stage=pretrain loss.temperature=0.02)
+            sweep with -m: embedtune train -m loss.temperature=0.02,0.05,0.1
+  eval      quality of models on data sets: retrieval (BEIR folder, pairs file) or STS (scored pairs),
+            per Matryoshka size with --dims 384 256 128 64
+  diagnose  embedding-space geometry (collapse, anisotropy, alignment/uniformity); --plots draws it
+  report    training curves of a run folder; a sweep folder's runs ranked, quality vs the swept value
+  merge     merge checkpoints by SLERP or linear interpolation: embedtune merge --slerp A B --out merged
+  mine      hard negatives for a pairs file, mined with a model, filtered for false negatives
+  data      write the embedded default data set (Python stdlib pairs) as files for mine / train
 
 Run `embedtune COMMAND --help` for a command's options.
 """
@@ -147,15 +150,26 @@ def train_command(args: list[str]) -> None:
 
 # --- eval --------------------------------------------------------------------------------
 
+EVAL_EXAMPLES = """examples:
+  embedtune eval --model all-MiniLM-L6-v2 runs/sft/final --data beir/scifact --split train
+  embedtune eval --model runs/mrl/final --data stsb/sts-dev.csv held-out.jsonl --dims 384 256 128 64 --plot dims.png
+  embedtune eval --model all-MiniLM-L6-v2 --data stsb/sts-dev.csv --out sts.json --csv sts.csv
+"""
+ROW_KEYS = ("data", "name", "task", "model", "dim")  # what identifies an eval result row; the rest are metrics
+
 
 def eval_command(args: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="embedtune eval",
-        description="Retrieval quality (nDCG@10, MRR@10, Recall@1/10/100) of a model on a BEIR folder "
-        "(corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or a pairs file (jsonl/csv/parquet).",
+        description="Quality of one or several models on one or several data sets, each evaluated as what it is. A BEIR "
+        "folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or a pairs file (query, positive) is a retrieval task: "
+        "nDCG@10, MRR@10, MAP@100, Recall@1/10/100. Scored sentence pairs (the STS-B .csv/.tsv layout, or columns "
+        "sentence1, sentence2, score) are an STS task: Spearman and Pearson correlation of cosine with the gold score.",
+        epilog=EVAL_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, nargs="+", help="model folder(s) or packaged name (all-MiniLM-L6-v2)")
-    parser.add_argument("--data", required=True, help="BEIR folder or pairs file")
+    parser.add_argument("--data", required=True, nargs="+", help="BEIR folder(s), pairs file(s), STS file(s)")
     parser.add_argument("--split", default="test", help="qrels split of a BEIR folder (default: test)")
     parser.add_argument("--query-column", default="query")
     parser.add_argument("--positive-column", default="positive")
@@ -163,40 +177,101 @@ def eval_command(args: list[str]) -> None:
     parser.add_argument("--pooling", default=None, help="override the model's pooling (mean, cls, max, last_token)")
     parser.add_argument("--max-length", type=int, default=None, help="override the model's max tokens")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", default=None, help="write the metrics as JSON here")
+    parser.add_argument("--dims", type=int, nargs="+", default=None, metavar="D",
+                        help="Matryoshka sizes to score, e.g. 384 256 128 64: embeddings truncated to the first D dimensions and "
+                        "re-normalised (default: the model's saved matryoshka dims and its full size, else its full size)")  # fmt: skip
+    parser.add_argument("--out", default=None, metavar="FILE.json", help="write the results as JSON here")
+    parser.add_argument("--csv", default=None, metavar="FILE.csv", help="write the results as CSV here, one row per data set, model and size")
+    parser.add_argument("--plot", default=None, metavar="FILE.png", help="draw quality vs Matryoshka size here")
     options = parser.parse_args(args)
+    if options.batch_size < 1:
+        fail("eval", f"--batch-size must be >= 1, got {options.batch_size}")
+    if options.dims and min(options.dims) < 1:
+        fail("eval", f"--dims must be positive, got {min(options.dims)}")
 
+    import torch
     from rich.table import Table
 
-    from embedtune.data.files import Columns, load_retrieval_set
-    from embedtune.eval.retrieval import evaluate_retrieval
+    from embedtune.data.files import Columns
+    from embedtune.eval.benchmarks import load_benchmark
     from embedtune.io import write_text_atomic
     from embedtune.model import load_embedder
     from embedtune.progress import stdout
 
     quiet_transformers()
-    if options.batch_size < 1:
-        fail("eval", f"--batch-size must be >= 1, got {options.batch_size}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
     try:
-        benchmark = load_retrieval_set(options.data, options.split, Columns(options.query_column, options.positive_column, None))
-        results = {}
+        benchmarks = [load_benchmark(source, options.split, Columns(options.query_column, options.positive_column, None)) for source in options.data]
         for name in options.model:
             prompts = {"query": options.query_prompt} if options.query_prompt is not None else None
-            model = load_embedder(name, pooling=options.pooling, max_length=options.max_length, prompts=prompts)
-            results[name] = evaluate_retrieval(model, benchmark, options.batch_size)
+            model = load_embedder(name, pooling=options.pooling, max_length=options.max_length, prompts=prompts).to(device)
+            dims = sorted(set(options.dims or [*model.matryoshka_dims, model.dim]), reverse=True)
+            if dims[0] > model.dim:
+                fail("eval", f"--dims {dims[0]} is more than the {model.dim} dimensions of {name}")
+            for benchmark in benchmarks:
+                for dim, metrics in _evaluate_dims(model, benchmark, dims, options.batch_size).items():
+                    rows.append({"data": benchmark.source, "name": benchmark.name, "task": benchmark.task, "model": name, "dim": dim, **metrics})
+            del model  # freed before the next model loads
     except EmbedtuneError as error:
         fail("eval", str(error))
-    table = Table(title=f"retrieval: {benchmark.name} ({len(benchmark.queries)} queries, {len(benchmark.corpus)} documents)")
-    table.add_column("model")
-    metric_names = list(next(iter(results.values())))
-    for metric in metric_names:
-        table.add_column(metric, justify="right")
-    for name, metrics in results.items():
-        table.add_row(name, *(f"{metrics[m]:.4f}" for m in metric_names))
-    stdout.print(table)
-    if options.out:
-        payload = {"data": options.data, "split": options.split, "results": results}
-        write_text_atomic(options.out, json.dumps(payload if len(results) > 1 else {**payload, **results[options.model[0]]}, indent=2) + "\n")
+
+    for benchmark in benchmarks:
+        here = [row for row in rows if row["data"] == benchmark.source]
+        table = Table(title=f"{benchmark.task}: {benchmark.name} ({benchmark.describe()})")
+        table.add_column("model")
+        table.add_column("dim", justify="right")
+        metric_names = [key for key in here[0] if key not in ROW_KEYS]
+        for metric in metric_names:
+            table.add_column(metric, justify="right")
+        for row in here:
+            table.add_row(row["model"], str(row["dim"]), *(f"{row[m]:.4f}" for m in metric_names))
+        stdout.print(table)
+    if options.out:  # a single result is also spread at the top level, so json["ndcg@10"] reads it
+        payload = {**(rows[0] if len(rows) == 1 else {}), "split": options.split, "rows": rows}
+        write_text_atomic(options.out, json.dumps(payload, indent=2) + "\n")
+    if options.csv:
+        write_text_atomic(options.csv, _rows_as_csv(rows))
+    if options.plot:
+        plots_module("eval").quality_vs_dims(rows, options.plot)
+
+
+def plots_module(command: str):
+    """`embedtune.eval.plots`, or a one-line error naming the missing package (matplotlib is
+    needed only for pictures, so it is not a core dependency)."""
+    try:
+        from embedtune.eval import plots
+    except ImportError as error:
+        fail(command, f"pictures need matplotlib ({error}): pip install matplotlib")
+    return plots
+
+
+def _evaluate_dims(model, benchmark, dims: list[int], batch_size: int) -> dict[int, dict[str, float]]:
+    """Metrics of ``model`` on ``benchmark`` at each Matryoshka size: the texts are embedded once,
+    then every size scores the truncated, re-normalised embeddings."""
+    from embedtune.eval.retrieval import embed_retrieval_set, score_retrieval, truncate
+    from embedtune.eval.sts import embed_sts, score_sts
+
+    if benchmark.task == "sts":
+        first, second = embed_sts(model, benchmark.pairs, batch_size, name=benchmark.name)
+        gold = [pair.score for pair in benchmark.pairs]
+        return {dim: score_sts(truncate(first, dim), truncate(second, dim), gold) for dim in dims}
+    queries, corpus = embed_retrieval_set(model, benchmark.retrieval, batch_size)
+    return {dim: score_retrieval(truncate(queries, dim), truncate(corpus, dim), benchmark.retrieval) for dim in dims}
+
+
+def _rows_as_csv(rows: list[dict]) -> str:
+    """Eval rows as CSV text: the identifying columns, then every metric any row has (retrieval
+    and STS rows share a file; a metric a task lacks is an empty cell)."""
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 # --- mine --------------------------------------------------------------------------------
@@ -215,6 +290,21 @@ def merge_command(args: list[str]) -> None:
     from embedtune.merge.cli import merge_command as merge  # imported on use, so `embedtune --help` stays fast
 
     merge(args)
+
+
+# --- diagnose, report ----------------------------------------------------------------------
+
+
+def diagnose_command(args: list[str]) -> None:
+    from embedtune.eval.cli import diagnose_command as diagnose  # imported on use, so `embedtune --help` stays fast
+
+    diagnose(args)
+
+
+def report_command(args: list[str]) -> None:
+    from embedtune.eval.cli import report_command as report  # imported on use, so `embedtune --help` stays fast
+
+    report(args)
 
 
 # --- data --------------------------------------------------------------------------------
@@ -247,7 +337,15 @@ def data_command(args: list[str]) -> None:
 
 # --- dispatch ----------------------------------------------------------------------------
 
-COMMANDS = {"train": train_command, "eval": eval_command, "mine": mine_command, "merge": merge_command, "data": data_command}
+COMMANDS = {
+    "train": train_command,
+    "eval": eval_command,
+    "diagnose": diagnose_command,
+    "report": report_command,
+    "mine": mine_command,
+    "merge": merge_command,
+    "data": data_command,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,7 +40,7 @@ def test_train_writes_log_config_eval_and_final_model(tiny_bert_dir, pairs_file,
     assert all({"step", "loss", "lr", "pairs_per_s"} <= set(r) and r["pairs_per_s"] > 0 for r in records)
     assert "size: 8" in (out / "config.yaml").read_text()
     evaluation = json.loads((out / "eval.json").read_text())
-    assert set(evaluation["after"]) == {"ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100"}
+    assert set(evaluation["after"]) == {"ndcg@10", "mrr@10", "map@100", "recall@1", "recall@10", "recall@100"}
     assert load_embedder(str(out / "final")).max_length == 32
     assert "fine-tuned" in result.stdout  # the before/after table
 

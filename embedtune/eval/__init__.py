@@ -1,1 +1,1 @@
-"""Evaluation: retrieval metrics and the loops that embed a benchmark and score a model."""
+"""Evaluation: retrieval and STS metrics, the loops that score a model, embedding-space diagnostics and plots."""

@@ -32,13 +32,28 @@ def recall_at_k(ranking: list[str], relevant: dict[str, int], k: int) -> float:
     return len(positives.intersection(ranking[:k])) / len(positives) if positives else 0.0
 
 
+def map_at_k(ranking: list[str], relevant: dict[str, int], k: int) -> float:
+    """Average precision within the top k (trec_eval's map_cut): the precision at the rank of
+    each relevant document found in the top k, summed and divided by the number of relevant
+    documents (all of them, found or not). Grades do not matter, only relevance > 0. Averaged
+    over queries this is MAP@k."""
+    positives = {doc for doc, gain in relevant.items() if gain > 0}
+    hits, total = 0, 0.0
+    for rank, doc in enumerate(ranking[:k], start=1):
+        if doc in positives:
+            hits += 1
+            total += hits / rank
+    return total / len(positives) if positives else 0.0
+
+
 def retrieval_metrics(rankings: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
-    """Mean nDCG@10, MRR@10 and Recall@1/10/100 over the queries of ``qrels``."""
-    metrics = {"ndcg@10": 0.0, "mrr@10": 0.0, "recall@1": 0.0, "recall@10": 0.0, "recall@100": 0.0}
+    """Mean nDCG@10, MRR@10, MAP@100 and Recall@1/10/100 over the queries of ``qrels``."""
+    metrics = {"ndcg@10": 0.0, "mrr@10": 0.0, "map@100": 0.0, "recall@1": 0.0, "recall@10": 0.0, "recall@100": 0.0}
     for query_id, relevant in qrels.items():
         ranking = rankings.get(query_id, [])
         metrics["ndcg@10"] += ndcg_at_k(ranking, relevant, 10)
         metrics["mrr@10"] += mrr_at_k(ranking, relevant, 10)
+        metrics["map@100"] += map_at_k(ranking, relevant, 100)
         for k in (1, 10, 100):
             metrics[f"recall@{k}"] += recall_at_k(ranking, relevant, k)
     return {name: total / len(qrels) for name, total in metrics.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from embedtune.data.types import RetrievalSet
 from embedtune.eval.metrics import retrieval_metrics
@@ -32,13 +33,33 @@ def rank(
     return indices, torch.cat(values) if values else torch.empty(0, top_k)
 
 
-def evaluate_retrieval(model: Embedder, benchmark: RetrievalSet, batch_size: int = 64, top_k: int = 100, show_progress: bool = True) -> dict[str, float]:
-    """nDCG@10, MRR@10 and Recall@1/10/100 of ``model`` on ``benchmark``."""
-    query_ids, doc_ids = list(benchmark.queries), list(benchmark.corpus)
-    total = len(query_ids) + len(doc_ids)
+def truncate(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
+    """The first ``dim`` dimensions of each embedding, re-normalised: how a Matryoshka model is
+    used at a smaller size. ``dim`` at or above the full size returns the embeddings unchanged."""
+    if dim >= embeddings.shape[1]:
+        return embeddings
+    return F.normalize(embeddings[:, :dim], dim=-1)
+
+
+def embed_retrieval_set(model: Embedder, benchmark: RetrievalSet, batch_size: int = 64, show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and corpus embeddings of ``benchmark`` (in the order of its dicts), encoded once so
+    that several Matryoshka sizes can be scored from them."""
+    total = len(benchmark.queries) + len(benchmark.corpus)
     with progress_bar(f"embedding {benchmark.name}", total, enabled=show_progress) as advance:
-        queries = model.encode([benchmark.queries[i] for i in query_ids], "query", batch_size, advance)
-        corpus = model.encode([benchmark.corpus[i] for i in doc_ids], "document", batch_size, advance)
+        queries = model.encode(list(benchmark.queries.values()), "query", batch_size, advance)
+        corpus = model.encode(list(benchmark.corpus.values()), "document", batch_size, advance)
+    return queries, corpus
+
+
+def score_retrieval(queries: torch.Tensor, corpus: torch.Tensor, benchmark: RetrievalSet, top_k: int = 100) -> dict[str, float]:
+    """Retrieval metrics of precomputed embeddings (rows in the order of ``benchmark``'s dicts)."""
+    query_ids, doc_ids = list(benchmark.queries), list(benchmark.corpus)
     top = rank(queries, corpus, top_k)
     rankings = {qid: [doc_ids[j] for j in row] for qid, row in zip(query_ids, top.tolist())}
     return retrieval_metrics(rankings, benchmark.qrels)
+
+
+def evaluate_retrieval(model: Embedder, benchmark: RetrievalSet, batch_size: int = 64, top_k: int = 100, show_progress: bool = True) -> dict[str, float]:
+    """nDCG@10, MRR@10, MAP@100 and Recall@1/10/100 of ``model`` on ``benchmark``."""
+    queries, corpus = embed_retrieval_set(model, benchmark, batch_size, show_progress)
+    return score_retrieval(queries, corpus, benchmark, top_k)
