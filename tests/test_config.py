@@ -15,6 +15,7 @@ GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
 OPTIONS = [(group, yaml.stem) for group in GROUPS for yaml in sorted((config_dir() / group).glob("*.yaml"))]
 REQUIRED = {
     ("backbone", "hf"): ["backbone.path=/some/model"],
+    ("backbone", "decoder"): ["backbone.path=/some/model"],
     ("data", "files"): ["data.train=pairs.jsonl"],
     ("data", "stream"): ["data.sources=[{path: a.jsonl, weight: 1}]"],
 }

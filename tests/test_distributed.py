@@ -255,6 +255,7 @@ runpy.run_module("embedtune", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes_with_cross_device_negatives(tiny_bert_dir, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     rows = [{"query": f"question {i}", "positive": f"answer about topic {i}", "negatives": [f"distractor {i} a", f"distractor {i} b"]} for i in range(16)]

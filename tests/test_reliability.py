@@ -73,6 +73,7 @@ def reference_run(tiny_bert_dir, pairs, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_bert_dir, pairs, reference_run, tmp_path):
     out = tmp_path / "run"
     process = start(train_args(tiny_bert_dir, pairs, out))
@@ -87,6 +88,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_bert_dir, pairs, r
     assert_same_run(reference_run, out)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_resumable_state(tiny_bert_dir, pairs, reference_run, tmp_path):
     out = tmp_path / "run"
     process = start(train_args(tiny_bert_dir, pairs, out))

