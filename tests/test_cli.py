@@ -93,7 +93,9 @@ def test_eval_writes_json_with_metric_names(tiny_bert_dir, pairs_file, tmp_path)
 def test_help_texts():
     assert "train" in embedtune("--help").stdout and "eval" in embedtune("--help").stdout
     train_help = embedtune("train", "--help").stdout
-    assert "backbone: hf, minilm" in train_help and "embedtune train -m loss.temperature" in train_help
+    backbones = next(line for line in train_help.splitlines() if line.startswith("backbone: "))
+    assert {"hf", "minilm", "decoder"} <= set(backbones.removeprefix("backbone: ").split(", "))
+    assert "embedtune train -m loss.temperature" in train_help
     assert "--data" in embedtune("eval", "--help").stdout
 
 
