@@ -64,6 +64,15 @@ def assert_same_run(reference, resumed):
         assert torch.allclose(weights_a[name], weights_b[name], atol=1e-6), name
 
 
+def resume_to_the_end(model_dir, pairs, out, reference):
+    """Rerun the interrupted command with resume=auto and check it ends exactly like ``reference``."""
+    resumed = start(train_args(model_dir, pairs, out, "resume=auto"))
+    _, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr
+    assert "resumed at step" in stderr
+    assert_same_run(reference, out)
+
+
 @pytest.fixture(scope="module")
 def reference_run(tiny_bert_dir, pairs, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "run"
@@ -81,11 +90,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_bert_dir, pairs, r
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (out / "final").exists(), "the run finished before it was killed: the test proved nothing"
-    resumed = start(train_args(tiny_bert_dir, pairs, out, "resume=auto"))
-    _, stderr = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, stderr
-    assert "resumed at step" in stderr
-    assert_same_run(reference_run, out)
+    resume_to_the_end(tiny_bert_dir, pairs, out, reference_run)
 
 
 @pytest.mark.slow
@@ -97,10 +102,7 @@ def test_ctrl_c_saves_a_resumable_state(tiny_bert_dir, pairs, reference_run, tmp
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "continue with resume=auto" in stderr and not (out / "final").exists()
-    resumed = start(train_args(tiny_bert_dir, pairs, out, "resume=auto"))
-    _, stderr = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, stderr
-    assert_same_run(reference_run, out)
+    resume_to_the_end(tiny_bert_dir, pairs, out, reference_run)
 
 
 class NaNAtStep:
