@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embedtune.errors import ConfigError, EmbedtuneError
 from embedtune.pooling import POOLINGS
+from embedtune.tracking import check_logger
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -79,6 +80,11 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.pooling.mode in POOLINGS, "pooling.mode", f"one of {', '.join(POOLINGS)}", cfg.pooling.mode)
     _validate_decoder_options(cfg)
     _require(_is_int(cfg.eval.batch_size) and cfg.eval.batch_size >= 1, "eval.batch_size", "an integer >= 1", cfg.eval.batch_size)
+    _require(isinstance(cfg.eval.before, bool), "eval.before", "true or false", cfg.eval.before)
+    every = cfg.eval.every_n_steps
+    _require(every is None or (_is_int(every) and every >= 1), "eval.every_n_steps", "null or an integer >= 1", every)
+    _require(isinstance(cfg.logger, str), "logger", "none or a tracker name (tensorboard, wandb, ...)", cfg.logger)
+    check_logger(cfg.logger)
     dims, weights = cfg.mrl.dims, cfg.mrl.weights
     _require(dims is None or (OmegaConf.is_list(dims) and len(dims) > 0 and all(_is_int(d) and d >= 1 for d in dims)), "mrl.dims", "null or a list of positive integers", dims)
     _require(weights is None or (OmegaConf.is_list(weights) and dims is not None and len(weights) == len(dims) and all(_is_number(w) and w >= 0 for w in weights)), "mrl.weights", "null or one number >= 0 per mrl.dims entry", weights)

@@ -24,7 +24,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from embedtune import checkpoint
+from embedtune import checkpoint, tracking
 from embedtune.checkpoint import TrainerState
 from embedtune.config import instantiate_group, validate
 from embedtune.data.collate import PairCollator
@@ -33,7 +33,7 @@ from embedtune.data.types import TrainEvalData
 from embedtune.distributed import CrossDevice, check_launch, freeze_unused_pooler
 from embedtune.errors import ConfigError, DataError, EmbedtuneError
 from embedtune.eval.diagnostics import geometry
-from embedtune.eval.retrieval import evaluate_retrieval
+from embedtune.eval.held_out import evaluate_held_out, task_name
 from embedtune.gradcache import gradcache_step
 from embedtune.io import write_text_atomic
 from embedtune.losses.matryoshka import Matryoshka
@@ -52,6 +52,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        log_with=None if cfg.logger == "none" else cfg.logger,  # a second sink beside train_log.jsonl
+        project_dir=output_dir,
     )
     set_seed(cfg.seed)
     check_launch(accelerator.num_processes)
@@ -118,16 +120,29 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.train.warmup_ratio * total_steps), num_training_steps=total_steps)
     accelerator.register_for_checkpointing(scheduler)
 
-    def evaluate() -> dict | None:
+    def evaluate(show_progress: bool = True) -> dict | None:
         if data.eval is None or not is_main:
             return None
-        return evaluate_retrieval(accelerator.unwrap_model(model), data.eval, cfg.eval.batch_size)
+        return evaluate_held_out(accelerator.unwrap_model(model), data.eval, cfg.eval.batch_size, show_progress=show_progress)  # retrieval or STS
 
-    log_path = output_dir / "train_log.jsonl"
+    log_path, eval_log_path = output_dir / "train_log.jsonl", output_dir / "eval_log.jsonl"
+
+    def log_eval(step: int, metrics: dict | None) -> None:
+        """A held-out evaluation as an eval_log.jsonl record and a tracker point: the eval curve."""
+        if metrics is None:
+            return
+        with eval_log_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        accelerator.log(tracking.scalars(metrics, "eval/"), step=step)
+
+    if cfg.logger != "none":
+        accelerator.init_trackers("embedtune", config=tracking.hyperparameters(cfg))
     if resume_from is None:
         state = TrainerState(before=evaluate() if cfg.eval.before else None)
         if is_main:
-            log_path.write_text("", encoding="utf-8")
+            for path in (log_path, eval_log_path):
+                path.write_text("", encoding="utf-8")
+            log_eval(0, state.before)
     else:  # continue exactly where the saved state stopped: weights, optimizer, RNG, data position, log
         state = checkpoint.load(accelerator, resume_from)
         if data.stream is not None:
@@ -137,8 +152,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             sampler.skip(state.batches_in_epoch * accelerator.num_processes)  # the plan counts every process's batches
             loader.set_epoch(state.epoch)
         if is_main:
-            kept = [line for line in log_path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= state.step] if log_path.is_file() else []
-            write_text_atomic(log_path, "".join(line + "\n" for line in kept))
+            for path in (log_path, eval_log_path):
+                keep_records_until(path, state.step)
     if is_main:
         write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         console.print(
@@ -212,9 +227,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
                         if log:
                             log.write(json.dumps(record) + "\n")
                             log.flush()
+                        accelerator.log(tracking.scalars(record, "train/"), step=step)
                         advance(steps_in_window, status=f"loss {record['loss']:.4f} · lr {record['lr']:.2e} · {record['pairs_per_s']:.1f} pairs/s")
                         state.window_loss, state.window_geometry = 0.0, []
                         window_pairs, window_start = 0, time.perf_counter()
+                    if cfg.eval.every_n_steps and step % cfg.eval.every_n_steps == 0 and step < total_steps:
+                        log_eval(step, evaluate(show_progress=False))  # the held-out curve; the final model is evaluated below
                     if is_main and cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
                         accelerator.unwrap_model(model).save(output_dir / "checkpoints" / f"step-{step:05d}")  # for merging
                     if cfg.checkpoint.every_n_steps and step % cfg.checkpoint.every_n_steps == 0 and step < total_steps:
@@ -238,12 +256,20 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     if is_main:
         accelerator.unwrap_model(model).save(output_dir / "final")
     after = evaluate()
+    log_eval(total_steps, after)
+    accelerator.end_training()
     result = {"before": before, "after": after, "steps": total_steps}
     if is_main and data.eval is not None:
         write_text_atomic(output_dir / "eval.json", json.dumps({"data": data.eval.name, **result}, indent=2) + "\n")
-        stdout.print(comparison_table(f"held-out retrieval: {data.eval.name}", before, after))
+        stdout.print(comparison_table(f"held-out {task_name(data.eval)}: {data.eval.name}", before, after))
         console.print(f"model saved to [bold]{output_dir / 'final'}[/]")
     return result
+
+
+def keep_records_until(path: Path, step: int) -> None:
+    """Drop a jsonl log's records after ``step`` (a resumed run writes them again)."""
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step] if path.is_file() else []
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def build_loss(cfg: DictConfig, model: Embedder):

@@ -54,6 +54,8 @@ def write_run(folder, temperature, after, losses):
     (folder / "eval.json").write_text(json.dumps({"data": "toy/test", "before": metrics(0.5), "after": metrics(after), "steps": len(losses)}))
     records = [{"step": i + 1, "loss": loss, "lr": 1e-5, "pairs_per_s": 10.0, "embedding_std": 0.9, "similarity_gap": 0.3, "temperature": temperature} for i, loss in enumerate(losses)]
     (folder / "train_log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    curve = [{"step": 0, **metrics(0.5)}, {"step": len(losses), **metrics(after)}]  # eval.every_n_steps's eval_log.jsonl
+    (folder / "eval_log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in curve))
 
 
 def test_report_of_a_run_draws_curves_and_prints_before_after(tmp_path, capsys):

@@ -210,6 +210,12 @@ def _read_log(path: Path) -> list[dict]:
     return [row for _, row in iter_rows(str(path))]
 
 
+def _curve_records(run_dir: Path) -> list[dict]:
+    """A run's training records and, when it evaluated during training, its held-out points."""
+    logs = [run_dir / "train_log.jsonl", run_dir / "eval_log.jsonl"]
+    return [record for path in logs if path.is_file() for record in _read_log(path)]
+
+
 def _read_eval(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -232,7 +238,7 @@ def _report_run(run_dir: Path, out_dir: Path) -> list[Path]:
         result = _read_eval(run_dir / "eval.json")
         if result.get("after"):
             stdout.print(comparison_table(f"held-out retrieval: {result.get('data', run_dir.name)}", result.get("before"), result["after"]))
-    return [plots_module("report").training_curves({run_dir.name: records}, out_dir / "training_curves.png", f"training: {run_dir}")]
+    return [plots_module("report").training_curves({run_dir.name: _curve_records(run_dir)}, out_dir / "training_curves.png", f"training: {run_dir}")]
 
 
 def _sweep_overrides(folder_name: str) -> dict[str, str]:
@@ -256,7 +262,7 @@ def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
     for folder in sorted((child for child in sweep_dir.iterdir() if (child / "eval.json").is_file()), key=lambda p: p.name):
         result = _read_eval(folder / "eval.json")
         after, before = result.get("after") or {}, result.get("before") or {}
-        log = _read_log(folder / "train_log.jsonl") if (folder / "train_log.jsonl").is_file() else []
+        log = _curve_records(folder)
         runs.append({"folder": folder, "overrides": _sweep_overrides(folder.name), "after": after, "before": before, "log": log})
     runs.sort(key=lambda run: -run["after"].get(SWEEP_METRIC, float("-inf")))
     scored = [run for run in runs if SWEEP_METRIC in run["after"]]
@@ -280,7 +286,7 @@ def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
             *(run["overrides"].get(key, "") for key in swept),
             *(f"{run['after'][m]:.4f}" if m in run["after"] else "-" for m in metrics),
             f"{change:+.4f}" if change is not None else "-",
-            f"{run['log'][-1]['loss']:.4f}" if run["log"] and "loss" in run["log"][-1] else "-",
+            next((f"{record['loss']:.4f}" for record in reversed(run["log"]) if "loss" in record), "-"),
         )
     stdout.print(table)
     best = scored[0]

@@ -31,6 +31,8 @@ CURVES = {
     "embedding_std": "embedding std × √dim (1 healthy, 0 collapsed)",
     "similarity_gap": "similarity gap (positive − in-batch cosine)",
     "temperature": "temperature τ",
+    "ndcg@10": "held-out nDCG@10",  # eval_log.jsonl (eval.every_n_steps)
+    "spearman": "held-out STS Spearman",
 }
 # The headline metric of each task, for plots that show one number.
 HEADLINE = {"retrieval": "ndcg@10", "sts": "spearman"}
