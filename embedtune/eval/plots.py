@@ -35,7 +35,7 @@ CURVES = {
     "spearman": "held-out STS Spearman",
 }
 # The headline metric of each task, for plots that show one number.
-HEADLINE = {"retrieval": "ndcg@10", "sts": "spearman"}
+HEADLINE = {"retrieval": "ndcg@10", "sts": "spearman", "probe": "accuracy"}
 
 
 def _save(figure, path: str | Path) -> Path:
