@@ -26,3 +26,12 @@ def progress_bar(description: str, total: int, enabled: bool = True, status: boo
             progress.update(task, advance=n, **fields)
 
         yield advance
+
+
+def announce(line: str) -> None:
+    """A one-line status report (what a data preset used and dropped), printed once: by the
+    launcher's rank 0 only when several processes run the same job."""
+    from embedtune.distributed import launch_rank
+
+    if launch_rank() == 0:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # one line, however long

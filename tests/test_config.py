@@ -18,6 +18,7 @@ REQUIRED = {
     ("backbone", "decoder"): ["backbone.path=/some/model"],
     ("data", "files"): ["data.train=pairs.jsonl"],
     ("data", "stream"): ["data.sources=[{path: a.jsonl, weight: 1}]"],
+    **{("data", preset): ["data.train=data.jsonl"] for preset in ("simcse", "nli", "sts", "weak")},
 }
 
 
@@ -36,9 +37,15 @@ def test_every_option_composes_and_validates(group, option):
     validate(cfg)
 
 
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g, o in OPTIONS if "_target_" in OmegaConf.load(config_dir() / g / f"{o}.yaml")])
-def test_target_arguments_bind_to_signature(group, option):
+def target_node(group, option):
+    """The option's keys, or for a `# @package _global_` option (the data presets) its group's key."""
     node = OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{option}.yaml"))
+    return node if "_target_" in node else node.get(group, {})
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, o in OPTIONS if "_target_" in target_node(g, o)])
+def test_target_arguments_bind_to_signature(group, option):
+    node = target_node(group, option)
     target = hydra.utils.get_method(node.pop("_target_"))
     inspect.signature(target).bind(**node)  # raises TypeError on a misspelt or missing argument
 

@@ -28,11 +28,20 @@ class RetrievalSet:
 
 
 @dataclass
+class ScoredPairSet:
+    """An STS-style held-out set: sentence pairs whose ``score`` is a gold similarity. A model is
+    scored by how well its cosine follows the gold scores (Spearman, `embedtune.eval.sts`)."""
+
+    name: str
+    pairs: list[Pair]
+
+
+@dataclass
 class TrainEvalData:
     """What a `data` config builds: training pairs, an optional held-out set, the query prompt."""
 
     train: list[Pair]
-    eval: RetrievalSet | None = None
+    eval: RetrievalSet | ScoredPairSet | None = None
     stream: object | None = None  # a MixedPairStream instead of `train` for data larger than memory
     query_prompt: str = ""  # prepended to queries at training and inference (saved with the model)
     document_prompt: str = ""

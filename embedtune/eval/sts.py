@@ -20,13 +20,14 @@ Two file layouts are read:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from embedtune.data.files import Columns, iter_rows, load_pairs, pair_from_row
+from embedtune.data.files import Columns, iter_rows, pair_from_row
 from embedtune.data.types import Pair
 from embedtune.errors import DataError
 from embedtune.model import Embedder
@@ -95,20 +96,26 @@ def is_sts_file(source: str) -> bool:
 def load_sts(source: str) -> list[Pair]:
     """Scored pairs as `Pair` (``query`` = sentence1, ``positive`` = sentence2, ``score``); the
     first malformed row raises `DataError` naming ``file:line``."""
-    path = Path(source)
-    if path.is_file() and path.suffix.lower() in STSB_SUFFIXES and _stsb_layout(path):
-        pairs = _read_stsb(path)
-    else:
-        pairs = load_pairs(source, STS_COLUMNS)
+    pairs = [pair for _, pair in iter_sts(source)]
     if len(pairs) < 2:
         raise DataError(f"{source}: need at least 2 scored pairs for a correlation, got {len(pairs)}")
     return pairs
 
 
-def _read_stsb(path: Path) -> list[Pair]:
+def iter_sts(source: str) -> Iterator[tuple[str, Pair]]:
+    """Yield ``(location, pair)`` for every scored pair of ``source`` (either layout), so callers
+    that check more (a score range, say) can still name ``file:line``."""
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() in STSB_SUFFIXES and _stsb_layout(path):
+        yield from _iter_stsb(path)
+    else:
+        for where, row in iter_rows(source):
+            yield where, pair_from_row(row, where, STS_COLUMNS)
+
+
+def _iter_stsb(path: Path) -> Iterator[tuple[str, Pair]]:
     """The STS Benchmark layout, split on tabs only; fields past the seventh are ignored. The
     genre (captions, news, forums) becomes the pair's label, which plots colour by."""
-    pairs = []
     try:
         with path.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
@@ -118,10 +125,9 @@ def _read_stsb(path: Path) -> list[Pair]:
                 where = f"{path}:{number}"
                 if len(fields) < len(STSB_FIELDS):
                     raise DataError(f"{where}: expected {len(STSB_FIELDS)} tab-separated fields ({', '.join(STSB_FIELDS)}), got {len(fields)}")
-                pairs.append(pair_from_row(dict(zip(STSB_FIELDS, fields)), where, STSB_COLUMNS))
+                yield where, pair_from_row(dict(zip(STSB_FIELDS, fields)), where, STSB_COLUMNS)
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    return pairs
 
 
 def embed_sts(model: Embedder, pairs: list[Pair], batch_size: int = 64, show_progress: bool = True, name: str = "sts") -> tuple[torch.Tensor, torch.Tensor]:
