@@ -154,6 +154,7 @@ EVAL_EXAMPLES = """examples:
   embedtune eval --model all-MiniLM-L6-v2 runs/sft/final --data beir/scifact --split train
   embedtune eval --model runs/mrl/final --data stsb/sts-dev.csv held-out.jsonl --dims 384 256 128 64 --plot dims.png
   embedtune eval --model all-MiniLM-L6-v2 --data stsb/sts-dev.csv --out sts.json --csv sts.csv
+  embedtune eval --model all-MiniLM-L6-v2 runs/sft/final --data stsb/sts-dev.csv beir/scifact --split train --diagnose diag/
   embedtune eval --model all-MiniLM-L6-v2 runs/sft/final --probe labelled.jsonl --probe-noise 0.05 0.1 0.2 --out probe.json
 """
 ROW_KEYS = ("data", "name", "task", "model", "dim")  # what identifies an eval result row; the rest are metrics
@@ -199,6 +200,9 @@ def eval_command(args: list[str]) -> None:
     parser.add_argument("--out", default=None, metavar="FILE.json", help="write the results as JSON here")
     parser.add_argument("--csv", default=None, metavar="FILE.csv", help="write the results as CSV here, one row per data set, model and size")
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="draw quality vs Matryoshka size here")
+    parser.add_argument("--diagnose", default=None, metavar="DIR",
+                        help="also run `embedtune diagnose --plots` on the same models and --data: the geometry table and verdicts, "
+                        "DIR/diagnostics.json and the PNGs (positive vs random similarity histograms, PCA scatter)")  # fmt: skip
     options = parser.parse_args(args)
     if options.batch_size < 1:
         fail("eval", f"--batch-size must be >= 1, got {options.batch_size}")
@@ -216,6 +220,10 @@ def eval_command(args: list[str]) -> None:
         fail("eval", f"--probe-draws must be >= 1, got {options.probe_draws}")
     if options.probe_l2 <= 0:
         fail("eval", f"--probe-l2 must be > 0, got {options.probe_l2}")
+    if options.diagnose and not options.data:
+        fail("eval", "--diagnose needs --data (the pairs whose geometry to look at)")
+    if options.diagnose or options.plot:
+        plots_module("eval")  # before the slow part: a missing matplotlib fails now
 
     import torch
     from rich.table import Table
@@ -274,6 +282,11 @@ def eval_command(args: list[str]) -> None:
         write_text_atomic(options.csv, _rows_as_csv(rows))
     if options.plot:
         plots_module("eval").quality_vs_dims(rows, options.plot)
+    if options.diagnose:
+        same_inputs = ["--split", options.split, "--query-column", options.query_column, "--positive-column", options.positive_column, "--batch-size", str(options.batch_size)]
+        if options.max_length:
+            same_inputs += ["--max-length", str(options.max_length)]
+        diagnose_command(["--model", *options.model, "--data", *options.data, *same_inputs, "--plots", "--out-dir", options.diagnose])
 
 
 def plots_module(command: str):

@@ -93,3 +93,23 @@ def test_diagnose_command_writes_numbers_verdicts_and_plots(tiny_bert_dir, tmp_p
     assert all(row["verdict"] and -4.1 < row["uniformity"] <= 0 for row in rows)
     for name in ("similarity_pairs.png", "similarity_sts.png", "pca.png"):
         assert (tmp_path / "d" / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_eval_with_diagnose_gives_the_table_the_geometry_and_the_pictures_in_one_command(tiny_bert_dir, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from embedtune.cli import main
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"what is item {i}", "positive": f"item {i} is thing {i}"}) + "\n" for i in range(12)))
+    main(["eval", "--model", "all-MiniLM-L6-v2", str(tiny_bert_dir), "--data", str(pairs), "--max-length", "16", "--out", str(tmp_path / "eval.json"), "--diagnose", str(tmp_path / "d")])
+    out = capsys.readouterr().out
+    assert "retrieval: pairs.jsonl" in out and "geometry: pairs.jsonl (12 positive pairs)" in out
+    assert {row["model"] for row in json.loads((tmp_path / "eval.json").read_text())["rows"]} == {"all-MiniLM-L6-v2", str(tiny_bert_dir)}
+    rows = json.loads((tmp_path / "d" / "diagnostics.json").read_text())["rows"]
+    assert [row["model"] for row in rows] == ["all-MiniLM-L6-v2", str(tiny_bert_dir)]
+    assert all(row["verdict"] and row["pairs"] == 12 for row in rows)
+    for name in ("similarity_pairs.png", "pca.png"):
+        assert (tmp_path / "d" / name).read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(tiny_bert_dir), "--probe", str(pairs), "--diagnose", str(tmp_path / "e")])
+    assert capsys.readouterr().err.strip() == "embedtune eval: error: --diagnose needs --data (the pairs whose geometry to look at)"
