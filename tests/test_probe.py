@@ -81,6 +81,12 @@ def test_fit_matches_scikit_learn():
     assert predict(weight, bias, x).tolist() == reference.predict(x.double().numpy()).tolist()
 
 
+def test_fit_leaves_torch_thread_count_as_it_found_it():
+    before = torch.get_num_threads()
+    fit_logistic_regression(torch.tensor([[-1.0], [1.0]]), torch.tensor([0, 1]), 2)  # small: runs on one thread
+    assert torch.get_num_threads() == before
+
+
 def test_fit_rejects_a_non_positive_penalty():
     with pytest.raises(ValueError, match="l2 must be > 0"):
         fit_logistic_regression(torch.zeros(2, 1), torch.tensor([0, 1]), 2, l2=0.0)

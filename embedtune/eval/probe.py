@@ -36,6 +36,7 @@ the very same noise (a paired comparison).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections import Counter
@@ -51,6 +52,11 @@ from embedtune.progress import progress_bar
 
 DEFAULT_NOISE = (0.05, 0.1, 0.2)
 DEFAULT_DRAWS = 10
+# Below this many multiply-adds per pass (n x dim x classes) the probe runs on one thread: its
+# matrices are so small that intra-op threads cost more in synchronisation than they save, and on
+# a busy machine far more (1,440 x 384 x 6 on this project's shared 2-core CPU: 2 threads 17-41 s
+# per fit, 1 thread 1-6 s).
+SINGLE_THREAD_WORK = 2**26
 
 
 @dataclass
@@ -192,9 +198,22 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
         loss.backward()
         return loss
 
-    with torch.enable_grad():  # callers may be inside no_grad (evaluation)
+    with torch.enable_grad(), threads_for(n * dim * num_classes):  # enable_grad: callers may be inside no_grad
         optimizer.step(closure)
     return weight.detach(), bias.detach()
+
+
+@contextlib.contextmanager
+def threads_for(work: int):
+    """Run the block on one thread when ``work`` (multiply-adds per pass) is at most
+    `SINGLE_THREAD_WORK`, then restore torch's thread count."""
+    before = torch.get_num_threads()
+    if work <= SINGLE_THREAD_WORK:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def predict(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +233,8 @@ def noisy_accuracy(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y:
     normal draws, scaled."""
     generator = torch.Generator().manual_seed(seed)
     x = x.double()
-    hits = [accuracy(weight, bias, x + sigma * torch.randn(x.shape, generator=generator, dtype=torch.float64), y) for _ in range(draws)]
+    with threads_for(x.numel() * weight.shape[0]):
+        hits = [accuracy(weight, bias, x + sigma * torch.randn(x.shape, generator=generator, dtype=torch.float64), y) for _ in range(draws)]
     return sum(hits) / draws
 
 
