@@ -151,3 +151,31 @@ def test_prompt_presets_and_decoder_backbone_defaults(overrides, pooling, query,
         cfg = compose("train", overrides=overrides)
     validate(cfg)
     assert (cfg.pooling.mode, cfg.prompt.query, cfg.prompt.document) == (pooling, query, document)
+
+
+def test_decoder_fine_tune_learns_a_mapping_that_holds_on_unseen_pairs(tiny_qwen3_dir, tmp_path):
+    """The tiny random Qwen3, last-token pooling over the appended EOS, trained through the real
+    loop: query "id 4817" must find "ref 7184 ok" (its digits reversed). Held-out numbers never
+    appear in training, so the held-out rise means the model learnt the mapping, not the pairs."""
+    import json
+    import random
+
+    from hydra import compose, initialize_config_dir
+
+    from embedtune.config import config_dir
+    from embedtune.train import run
+
+    numbers = random.Random(0).sample(range(1000, 10000), 600)
+    for name, chosen in (("train", numbers[:480]), ("held_out", numbers[480:])):
+        rows = [{"query": f"id {n}", "positive": f"ref {str(n)[::-1]} ok"} for n in chosen]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "backbone=decoder", f"backbone.path={tiny_qwen3_dir}", "backbone.max_length=16", "train.query_max_length=16",
+            "data=files", f"data.train={tmp_path / 'train.jsonl'}", f"data.eval={tmp_path / 'held_out.jsonl'}",
+            "batch.size=32", "negatives.per_query=0", "train.max_steps=40", "train.lr=1e-3", "train.warmup_ratio=0.05",
+        ])  # fmt: skip
+    assert cfg.pooling.mode == "last_token"
+    result = run(cfg, tmp_path / "run")
+    before, after = result["before"]["ndcg@10"], result["after"]["ndcg@10"]
+    assert after > before + 0.3, (before, after)
