@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
@@ -63,6 +64,22 @@ def tokenize(tokenizer, texts: list[str], max_length: int, prefix: str = "") -> 
     Special tokens come from the tokenizer itself, including the EOS that `append_eos` installs
     for last-token pooling: truncation keeps room for them, so the EOS always fits."""
     return tokenizer([prefix + text for text in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+def pad_batch(rows: dict[str, list[list[int]]], tokenizer) -> dict[str, Tensor]:
+    """Tokenised texts (lists of ids, masks, type ids) as a padded batch of tensors, padded on
+    the tokenizer's side: what ``tokenize`` returns, without tokenising again."""
+    width = max(len(ids) for ids in rows["input_ids"])
+    batch = {}
+    for name, values in rows.items():
+        padded = torch.full((len(values), width), tokenizer.pad_token_id if name == "input_ids" else 0, dtype=torch.long)
+        for row, value in enumerate(values):
+            if tokenizer.padding_side == "left":
+                padded[row, width - len(value) :] = torch.tensor(value)
+            else:
+                padded[row, : len(value)] = torch.tensor(value)
+        batch[name] = padded
+    return batch
 
 
 def ensure_pad_token(tokenizer) -> None:
@@ -124,6 +141,56 @@ def _with_closing_token(state: dict | None, eos: str, eos_id: int) -> dict:
     return state
 
 
+# What one more forward pass costs, in padded tokens, when `length_chunks` weighs splitting a
+# batch against padding it. On a CPU a forward pass costs about its token count plus a fixed
+# part (the embedding gradient, a few hundred small kernels): ~128 tokens' worth for
+# all-MiniLM-L6-v2 on 2 cores (scripts/bench.py). An accelerator processes thousands of tokens
+# for the price of one kernel launch, so there the batch is split only when padding is extreme.
+CHUNK_OVERHEAD_TOKENS = {"cpu": 128}
+ACCELERATOR_CHUNK_OVERHEAD_TOKENS = 8192
+
+
+def length_chunks(lengths: Tensor, overhead_tokens: int) -> list[Tensor]:
+    """Cut a batch into chunks of similar length that are cheapest to run padded.
+
+    The texts are sorted longest first and the sorted order is cut into contiguous chunks, each
+    to be padded to its own longest text. A chunk of ``rows`` texts whose longest has ``longest``
+    tokens costs ``overhead_tokens + rows * longest``; dynamic programming over the cut points
+    finds the cheapest split (one chunk when the lengths are alike, many on mixed-length data).
+    Returns the row indices of each chunk, longest chunk first; together they are a permutation
+    of ``range(len(lengths))``.
+    """
+    order = torch.argsort(lengths, descending=True, stable=True)
+    sorted_lengths = lengths[order].cpu().numpy().astype(np.int64)  # (n,), descending
+    n = len(sorted_lengths)
+    best = np.zeros(n + 1, dtype=np.int64)  # best[j]: cheapest cost of the first j texts
+    cut = np.zeros(n + 1, dtype=np.int64)  # where the last chunk of that best split starts
+    starts = np.arange(n)
+    for end in range(1, n + 1):
+        # a last chunk [start, end) is padded to its first (longest) text
+        costs = best[:end] + overhead_tokens + (end - starts[:end]) * sorted_lengths[:end]
+        cut[end] = int(costs.argmin())
+        best[end] = costs[cut[end]]
+    bounds, end = [], n
+    while end > 0:
+        bounds.append((cut[end], end))
+        end = cut[end]
+    return [order[start:end] for start, end in reversed(bounds)]
+
+
+def _rows(features: dict[str, Tensor], rows: Tensor | None, width: int) -> dict[str, Tensor]:
+    """The given rows (all when None) of a tokenised batch, cut to its first ``width`` positions."""
+    batch, seq = features["attention_mask"].shape
+    out = {}
+    for name, value in features.items():
+        if rows is not None and isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == batch:
+            value = value[rows]
+        if isinstance(value, Tensor) and value.ndim >= 2 and value.shape[1] == seq:
+            value = value[:, :width]
+        out[name] = value
+    return out
+
+
 class Embedder(nn.Module):
     """Text -> L2-normalised embedding.
 
@@ -174,27 +241,54 @@ class Embedder(nn.Module):
         return tokenize(self.tokenizer, texts, max_length or self.max_length, prefix)
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
-        """Tokenised batch -> (batch, dim) embeddings."""
+        """Tokenised batch -> (batch, dim) embeddings, equal to one padded forward pass.
+
+        Padding is compute spent on nothing: a batch of mixed lengths padded to its longest text
+        can be mostly padding (a 9-token sentence next to a 128-token abstract). With right
+        padding, the backbone therefore runs on length-sorted chunks (`length_chunks`), each cut
+        to its own longest text, and the embeddings are put back in batch order. Attention never
+        looks at padding and positions do not move, so the embeddings and their gradients are
+        those of the plain forward (``tests/test_model.py``); dropout draws its masks per chunk.
+        Left-padded batches (decoders) run as one pass: cutting their padding would shift the
+        real tokens' positions.
+        """
+        mask = features["attention_mask"]
+        if mask.ndim != 2 or mask.shape[0] == 0 or bool((mask[:, 1:] > mask[:, :-1]).any()):  # not right-padded
+            return self._embed(features)
+        lengths = mask.sum(dim=1)
+        overhead = CHUNK_OVERHEAD_TOKENS.get(mask.device.type, ACCELERATOR_CHUNK_OVERHEAD_TOKENS)
+        chunks = length_chunks(lengths, overhead)
+        if len(chunks) == 1:
+            return self._embed(_rows(features, None, int(lengths.max())))
+        embeddings = torch.cat([self._embed(_rows(features, rows, int(lengths[rows[0]]))) for rows in chunks])
+        return embeddings[torch.argsort(torch.cat(chunks))]  # back in batch order
+
+    def _embed(self, features: dict[str, Tensor]) -> Tensor:
+        """One backbone pass over a padded batch -> (batch, dim) pooled (and normalised) embeddings."""
         hidden = self.backbone(**features).last_hidden_state  # (batch, seq, dim)
         pooled = POOLINGS[self.pooling](hidden, features["attention_mask"])
         return F.normalize(pooled.float(), dim=-1) if self.normalize else pooled.float()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode(self, texts: list[str], prompt_name: str | None = None, batch_size: int = 64, progress=None) -> Tensor:
         """Embed ``texts`` in eval mode; returns (len(texts), dim) float32 on the CPU.
 
-        Texts are batched longest-first so each batch pads to similar lengths, then put back in
-        input order. ``progress`` is an optional callable advanced by the batch size.
+        All texts are tokenised in one call (the fast tokenizer's threads do it in parallel), then
+        batched longest-first by *token* count, so each batch pads to nearly equal lengths (a
+        character count misjudges code against prose), and put back in input order.
+        ``progress`` is an optional callable advanced by the batch size.
         """
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        prefix = self.prompts.get(prompt_name, "") if prompt_name else ""
+        encoded = self.tokenizer([prefix + text for text in texts], truncation=True, max_length=self.max_length)
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
         out = torch.empty(len(texts), self.dim)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            features = self.tokenize([texts[i] for i in index], prompt_name=prompt_name)
-            out[index] = self(features.to(device)).cpu()
+            features = pad_batch({name: [values[i] for i in index] for name, values in encoded.items()}, self.tokenizer)
+            out[index] = self({name: value.to(device) for name, value in features.items()}).cpu()
             if progress:
                 progress(len(index))
         self.train(was_training)

@@ -39,7 +39,7 @@ package for both; max length 128 tokens for queries and documents alike):
   ``sentence_transformers.util.mine_hard_negatives`` (7 negatives, ranks 0-100, negatives must
   score below the positive, exact search without faiss, batch 64). Encoding 100k texts twice
   takes far longer than this benchmark's budget on 2 cores, so both mine ``--mine-docs``
-  documents (default 20,000; ``--quick``: 5,000) and the 100k time is extrapolated linearly
+  documents (default 5,000; ``--quick``: 1,000) and the 100k time is extrapolated linearly
   (encoding, which dominates, and the exact search are both linear in the corpus size);
   ``--mine-docs 100000`` measures it.
 - merge: ``embedtune merge --slerp`` of two checkpoints of the model (the model and a perturbed
@@ -335,14 +335,15 @@ def bench_encode(options, texts: list[str]) -> dict:
         "embedtune": lambda: ours.encode(texts, batch_size=64),
         "sentence-transformers": lambda: theirs.encode(texts, batch_size=64, convert_to_tensor=True),
     }
+    ours.encode(texts[:64])  # warm-up
+    theirs.encode(texts[:64])
     seconds: dict[str, list[float]] = {name: [] for name in encoders}
     names = list(encoders)
-    for repeat in range(options.repeats + 1):  # the first round warms up
+    for repeat in range(options.repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
             start = time.perf_counter()
             encoders[name]()
-            if repeat:
-                seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(time.perf_counter() - start)
     return {"texts": len(texts), "seconds": seconds, "texts_per_s": {name: len(texts) / statistics.median(s) for name, s in seconds.items()}}
 
 
@@ -413,13 +414,23 @@ def bench_merge(options) -> dict:
 
 
 def merge_worker(paths: list[str]) -> dict:
+    """Merge in this process; the peak is Linux's VmHWM, reset after the imports (clear_refs 5),
+    so that importing torch's own transient peak does not hide the merge's."""
     from embedtune.merge.stream import merge_models
 
-    baseline = _peak_rss_gib()
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _proc_status_mib("VmRSS")
     start = time.perf_counter()
     merge_models(paths[:2], paths[2], "slerp", t=0.5)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss_gib": _peak_rss_gib(), "baseline_rss_gib": baseline, "peak_above_imports_mib": (_peak_rss_gib() - baseline) * 1024}
+    peak = _proc_status_mib("VmHWM")
+    return {"seconds": seconds, "rss_before_mib": before, "peak_rss_mib": peak, "peak_above_imports_mib": peak - before}
+
+
+def _proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (kB) in MiB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
 
 
 def matmul_peak(threads: int = 2, size: int = 2048, repeats: int = 7) -> float:
@@ -519,6 +530,12 @@ def report(results: dict) -> Table:
     return table
 
 
+def save(results: dict, path: str) -> None:
+    """Write the results so far (each section adds its own: a long run that stops keeps them)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").is_file() else "unknown CPU"
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
@@ -533,9 +550,9 @@ def main() -> None:
     parser.add_argument("--steps-32", type=int, default=None, help="timed steps per toolkit at batch 32 (default 8; quick 3)")
     parser.add_argument("--steps-128", type=int, default=None, help="timed steps per toolkit at batch 128 (default 4; quick 2)")
     parser.add_argument("--large-batch", type=int, default=None, help="GradCache batch (default 1024; quick 256)")
-    parser.add_argument("--encode-texts", type=int, default=None, help="texts for the encode section (default 2000; quick 500)")
+    parser.add_argument("--encode-texts", type=int, default=None, help="texts for the encode section (default 1000; quick 300)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating encode runs per toolkit (default 3)")
-    parser.add_argument("--mine-docs", type=int, default=None, help="mining corpus size (default 20000; quick 5000)")
+    parser.add_argument("--mine-docs", type=int, default=None, help="mining corpus size (default 5000; quick 1000)")
     parser.add_argument("--mine-queries", type=int, default=None, help="mining queries (default 1000; quick 200)")
     parser.add_argument("--no-quality", action="store_true", help="skip the held-out nDCG@10 after training")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -543,7 +560,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_args()
-    for name, full, quick in (("steps_32", 8, 3), ("steps_128", 4, 2), ("large_batch", 1024, 256), ("encode_texts", 2000, 500), ("mine_docs", 20_000, 5_000), ("mine_queries", 1000, 200)):
+    for name, full, quick in (("steps_32", 8, 3), ("steps_128", 4, 2), ("large_batch", 1024, 256), ("encode_texts", 1000, 300), ("mine_docs", 5_000, 1_000), ("mine_queries", 1000, 200)):
         if getattr(options, name) is None:
             setattr(options, name, quick if options.quick else full)
     if options.worker:
@@ -561,14 +578,19 @@ def main() -> None:
     pairs = mixed_pairs(options.data_dir)
     if "train" in sections or "flops" in sections:
         results["train"] = bench_train(options, pairs) if "train" in sections else bench_train(options, pairs, sizes=((32, options.steps_32),))
-    if "gradcache" in sections:
-        results["gradcache"] = bench_gradcache(options)
+        save(results, options.json)
     if "encode" in sections:
         results["encode"] = bench_encode(options, corpus_texts(options.data_dir, options.encode_texts, seed=1))
+        save(results, options.json)
     if "mine" in sections:
         results["mine"] = bench_mine(options, pairs, corpus_texts(options.data_dir, options.mine_docs))
+        save(results, options.json)
     if "merge" in sections:
         results["merge"] = bench_merge(options)
+        save(results, options.json)
+    if "gradcache" in sections:  # the longest section last
+        results["gradcache"] = bench_gradcache(options)
+        save(results, options.json)
     if "flops" in sections:
         console.log("[bold]flops[/]: 2048^2 fp32 matmul peak on 2 threads")
         peak = matmul_peak()
@@ -581,8 +603,7 @@ def main() -> None:
         else:
             results["gpu"] = {"skipped": "skipped: no CUDA device on this machine"}
     results["wall_s"] = time.perf_counter() - started
-    Path(options.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(options.json).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    save(results, options.json)
     Console(width=max(Console().width, 150)).print(report(results))
     console.print(f"wall time {results['wall_s'] / 60:.1f} min; results in {options.json}; command: {results['command']}")
 

@@ -52,13 +52,19 @@ def uncached(model, batch, loss_fn, chunk=None):
     torch.manual_seed(0)
     model.zero_grad()
     if chunk:
-        queries = torch.cat([model(mb) for mb in _mini_batches(batch["queries"], chunk)])
-        documents = torch.cat([model(mb) for mb in _mini_batches(batch["documents"], chunk)])
+        queries, documents = in_mini_batches(model, batch["queries"], chunk), in_mini_batches(model, batch["documents"], chunk)
     else:
         queries, documents = model(batch["queries"]), model(batch["documents"])
     loss = loss_fn(queries, documents, batch["info"], model.loss_params)
     loss.backward()
     return loss.detach(), gradients(model)
+
+
+def in_mini_batches(model, features, chunk):
+    """Embeddings with a graph, mini-batch by mini-batch as GradCache splits them, in batch order."""
+    parts = _mini_batches(features, chunk)
+    rows = torch.cat([rows for rows, _ in parts])
+    return torch.cat([model(mini_batch) for _, mini_batch in parts])[torch.argsort(rows)]
 
 
 def cached(model, batch, loss_fn, chunk):
@@ -111,3 +117,17 @@ def test_without_replay_the_gradients_would_differ(tiny_bert_dir):
     loss_fn(model(batch["queries"]), model(batch["documents"]), batch["info"], model.loss_params).backward()
     other = gradients(model)
     assert not all(torch.allclose(reference[n], other[n], rtol=1e-4, atol=1e-6) for n in reference)
+
+
+def test_mini_batches_group_similar_lengths_and_cover_the_batch(tiny_bert_dir):
+    """Mini-batches are taken longest first, so each pads to nearly its own length; every row
+    appears exactly once, with its own tokens."""
+    model = load_embedder(str(tiny_bert_dir), max_length=16)
+    features = batch_of(model)["documents"]
+    parts = _mini_batches(features, 4)
+    rows = torch.cat([rows for rows, _ in parts])
+    assert sorted(rows.tolist()) == list(range(features["input_ids"].shape[0]))
+    lengths = features["attention_mask"].sum(dim=1)
+    assert lengths[rows].tolist() == sorted(lengths.tolist(), reverse=True)
+    for part_rows, mini_batch in parts:
+        assert torch.equal(mini_batch["input_ids"], features["input_ids"][part_rows])

@@ -61,3 +61,52 @@ def test_packaged_minilm_loads_offline():
     assert model.dim == 384 and model.pooling == "mean" and model.normalize
     sims = model.encode(["How do I sort a list?", "sorting a python list", "the weather is cold"])
     assert sims[0] @ sims[1] > sims[0] @ sims[2]  # real weights, real semantics
+
+
+MIXED = ["tiny", "a rather longer text " * 6, "mid sized text here", "x", "another long one " * 5, "short text", "two words"]
+
+
+def test_length_chunks_partition_the_batch_longest_first():
+    from embedtune.model import length_chunks
+
+    lengths = torch.tensor([3, 120, 5, 118, 4, 60, 119, 3])
+    chunks = length_chunks(lengths, overhead_tokens=16)
+    assert sorted(torch.cat(chunks).tolist()) == list(range(len(lengths)))
+    assert [lengths[c].tolist() for c in chunks] == [[120, 119, 118], [60], [5, 4, 3, 3]]
+    assert len(length_chunks(lengths, overhead_tokens=10**6)) == 1  # a split never pays: one pass
+    assert len(length_chunks(torch.full((8,), 50), overhead_tokens=0)) == 1  # equal lengths: nothing to gain
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max", "last_token"])
+def test_length_sorted_chunks_give_the_plain_forward_and_its_gradients(tiny_bert_dir, pooling, monkeypatch):
+    """The chunked forward (each chunk cut to its own longest text) equals one padded pass over
+    the whole batch, embeddings to 1e-5 and every parameter's gradient."""
+    import embedtune.model
+
+    model = load_embedder(str(tiny_bert_dir), pooling=pooling).eval()  # no dropout: both passes must draw nothing
+    features = model.tokenize(MIXED)
+    weights = torch.randn(len(MIXED), model.dim)
+
+    def run(overhead):
+        monkeypatch.setitem(embedtune.model.CHUNK_OVERHEAD_TOKENS, "cpu", overhead)
+        model.zero_grad()
+        embeddings = model(features)
+        (embeddings * weights).sum().backward()
+        return embeddings.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain, plain_grads = run(10**9)  # one chunk padded to the longest text: the plain forward
+    chunked, chunked_grads = run(0)  # as many chunks as there are lengths
+    assert torch.allclose(plain, chunked, atol=1e-5)
+    assert plain_grads.keys() == chunked_grads.keys()
+    for name in plain_grads:
+        assert torch.allclose(plain_grads[name], chunked_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_left_padded_batches_run_as_one_pass(tiny_bert_dir, monkeypatch):
+    """Left padding is never cut: that would move the real tokens' positions."""
+    model = load_embedder(str(tiny_bert_dir), padding_side="left").eval()
+    calls = []
+    monkeypatch.setattr(model, "_embed", lambda features: calls.append(features["input_ids"].shape) or torch.zeros(features["input_ids"].shape[0], model.dim))
+    features = model.tokenize(MIXED)
+    model(features)
+    assert calls == [features["input_ids"].shape]
