@@ -1,18 +1,11 @@
 """The command line as a user runs it: tiny models, real processes, real files."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from helpers import embedtune
 
 from embedtune.model import load_embedder
-
-
-def embedtune(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "embedtune", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,11 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import embedtune
 
 from embedtune.eval.diagnostics import alignment, diagnose, embedding_std, geometry, random_cosine, uniformity, verdict
 
@@ -83,9 +81,8 @@ def test_diagnose_command_writes_numbers_verdicts_and_plots(tiny_bert_dir, tmp_p
     pairs.write_text("".join(json.dumps({"query": f"what is item {i}", "positive": f"item {i} is thing {i}", "topic": f"t{i % 3}"}) + "\n" for i in range(30)))
     sts = tmp_path / "sts.tsv"
     sts.write_text("".join(f"g\ts\t2012\t{i}\t{i % 5}\ta cat number {i}\ta dog number {i}\n" for i in range(20)))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = ["diagnose", "--model", str(tiny_bert_dir), "--data", str(pairs), str(sts), "--label-column", "topic", "--plots", "--out-dir", str(tmp_path / "d")]
-    result = subprocess.run([sys.executable, "-m", "embedtune", *command], capture_output=True, text=True, env=env, timeout=600)
+    result = embedtune(*command)
     assert result.returncode == 0, result.stderr
     assert "geometry: pairs.jsonl (30 positive pairs)" in result.stdout and "uniform" in result.stdout
     rows = json.loads((tmp_path / "d" / "diagnostics.json").read_text())["rows"]

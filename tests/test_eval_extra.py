@@ -3,13 +3,11 @@ data sets and Matryoshka sizes: against values worked out by hand."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import embedtune
 
 from embedtune.cli import main
 from embedtune.data.files import write_beir
@@ -19,12 +17,6 @@ from embedtune.eval.benchmarks import load_benchmark, positive_pairs
 from embedtune.eval.metrics import map_at_k, retrieval_metrics
 from embedtune.eval.retrieval import rank, truncate
 from embedtune.eval.sts import average_ranks, evaluate_sts, is_sts_file, load_sts, pearson, spearman
-
-
-def embedtune(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "embedtune", *args], capture_output=True, text=True, env=env, timeout=600)
-
 
 # --- MAP ----------------------------------------------------------------------------------
 

@@ -4,14 +4,12 @@ tiny random BERTs written to disk, checked tensor by tensor, loaded, and run fro
 import itertools
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import embedtune
 from safetensors.torch import load_file, save_file
 
 from embedtune.errors import EmbedtuneError
@@ -345,11 +343,6 @@ def test_bad_weights_are_errors_before_anything_is_read(kwargs, message, tmp_pat
 def test_output_cannot_be_an_input(models):
     with pytest.raises(EmbedtuneError, match="output folder is one of the inputs"):
         merge_models([str(models[0]), str(models[1])], str(models[1]), "slerp")
-
-
-def embedtune(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "embedtune", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_cli_merges_and_prints_a_summary(models, merged, tmp_path):

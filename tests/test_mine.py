@@ -3,12 +3,10 @@ corpus whose cosine scores are set by hand; then the command end to end on a tin
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import embedtune
 
 from embedtune.data.files import load_pairs
 from embedtune.data.mining import COUNTS, MiningConfig, mine_negatives, search
@@ -188,11 +186,6 @@ def test_load_corpus_joins_beir_titles_and_reads_other_columns(tmp_path):
 
 
 # --- the command -----------------------------------------------------------------------------
-
-
-def embedtune(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "embedtune", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.fixture

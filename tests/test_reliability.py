@@ -2,14 +2,12 @@
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
+from helpers import start_embedtune
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
@@ -37,11 +35,6 @@ def train_args(model_dir, pairs, out, *extra):
     ]  # fmt: skip  -- 48 pairs / 8 = 6 steps per epoch, 48 steps over 8 epochs: resume crosses epochs
 
 
-def start(args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "500"}  # no wrapped lines
-    return subprocess.Popen([sys.executable, "-m", "embedtune", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
 def wait_for(path, process, timeout=300):
     deadline = time.time() + timeout
     while not path.exists():
@@ -66,7 +59,7 @@ def assert_same_run(reference, resumed):
 
 def resume_to_the_end(model_dir, pairs, out, reference):
     """Rerun the interrupted command with resume=auto and check it ends exactly like ``reference``."""
-    resumed = start(train_args(model_dir, pairs, out, "resume=auto"))
+    resumed = start_embedtune(*train_args(model_dir, pairs, out, "resume=auto"))
     _, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr
     assert "resumed at step" in stderr
@@ -76,7 +69,7 @@ def resume_to_the_end(model_dir, pairs, out, reference):
 @pytest.fixture(scope="module")
 def reference_run(tiny_bert_dir, pairs, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "run"
-    process = start(train_args(tiny_bert_dir, pairs, out))
+    process = start_embedtune(*train_args(tiny_bert_dir, pairs, out))
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
     return out
@@ -85,7 +78,7 @@ def reference_run(tiny_bert_dir, pairs, tmp_path_factory):
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_bert_dir, pairs, reference_run, tmp_path):
     out = tmp_path / "run"
-    process = start(train_args(tiny_bert_dir, pairs, out))
+    process = start_embedtune(*train_args(tiny_bert_dir, pairs, out))
     wait_for(out / "state" / "step-00008", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -96,7 +89,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_bert_dir, pairs, r
 @pytest.mark.slow
 def test_ctrl_c_saves_a_resumable_state(tiny_bert_dir, pairs, reference_run, tmp_path):
     out = tmp_path / "run"
-    process = start(train_args(tiny_bert_dir, pairs, out))
+    process = start_embedtune(*train_args(tiny_bert_dir, pairs, out))
     wait_for(out / "state" / "step-00004", process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
