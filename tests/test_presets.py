@@ -4,6 +4,8 @@ counts; SimCSE's two dropout views; each preset picks its loss; short runs on ti
 import contextlib
 import json
 import math
+from pathlib import Path
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -219,7 +221,7 @@ def test_nli_on_the_snli_subset(shared_data):
     every positive entails, every negative contradicts. Read together, one more premise has its
     entailment in one file and its contradiction in the other."""
     files = sorted(str(p) for p in (shared_data / "snli-subset").glob("*.jsonl"))
-    raw = {(row["sentence1"], row["sentence2"], row["gold_label"]) for path in files for row in map(json.loads, open(path, encoding="utf-8"))}
+    raw = {(row["sentence1"], row["sentence2"], row["gold_label"]) for path in files for row in map(json.loads, Path(path).read_text(encoding="utf-8").splitlines())}
     assert [len({pair.query for pair in nli.load(path).train}) for path in files] == [378, 365]
     data = nli.load(files)
     assert len({pair.query for pair in data.train}) == 744
@@ -347,7 +349,7 @@ def test_held_out_is_sts_or_retrieval(tmp_path, tiny_bert_dir):
 
 def test_simcse_run_reports_sts_before_and_after(tiny_bert_dir, tmp_path, capsys):
     """The whole path: preset -> (text, text) pairs -> the loop -> STS held-out table."""
-    texts = write(tmp_path / "texts.txt", [f"sentence number {i} about {w}" for i, w in enumerate("cats dogs rain snow music bread stars trains".split())])
+    texts = write(tmp_path / "texts.txt", [f"sentence number {i} about {w}" for i, w in enumerate(["cats", "dogs", "rain", "snow", "music", "bread", "stars", "trains"])])
     sts = write(tmp_path / "sts-dev.csv", STSB_ROWS)
     cfg = compose_train("data=simcse", f"data.train={texts}", f"data.eval={sts}", f"backbone.path={tiny_bert_dir}", "backbone.max_length=16", "batch.size=4", "train.max_steps=2")
     result = run(cfg, tmp_path / "run")

@@ -1,10 +1,12 @@
 """Weak (query, document) pairs cut from plain documents, for the pre-training stage (``data=weak``).
 
-Large embedders are pre-trained on pairs that documents carry for free before any labelled
-fine-tuning: (title, body), (heading, section), (first sentence, rest) among others (E5: Wang
-et al. 2022, "Text Embeddings by Weakly-Supervised Contrastive Pre-training", CCPairs; GTE: Li
-et al. 2023). Each kind is a small signal on its own, but in-batch negatives over many of them
-teach a model a domain's vocabulary without a single labelled query. Three kinds are cut here:
+Large embedders are pre-trained, before any labelled fine-tuning, on pairs that documents carry
+for free: (title, passage) and (section title, passage) are among E5's CCPairs (Wang et al.
+2022, "Text Embeddings by Weakly-Supervised Contrastive Pre-training") and GTE's pre-training
+pairs (Li et al. 2023); (first sentence, rest) is a fixed-position Inverse Cloze Task (Lee et
+al. 2019, ORQA: a sentence is the query, its context the document). Each pair is a weak signal,
+but in-batch negatives over many of them teach a model a domain's vocabulary without a single
+labelled query. Three kinds are cut here:
 
 - ``title_body``: a document's title and its body;
 - ``first_sentence_rest``: the body's first sentence and the rest of the body (the first
