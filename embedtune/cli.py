@@ -8,6 +8,10 @@ import json
 import os
 import sys
 
+# OpenMP threads that spin while waiting make every op wait for descheduled threads on a busy
+# CPU (a training step 4-6x slower on 2 shared cores, scripts/bench.py); set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from embedtune import __version__
 from embedtune.errors import EmbedtuneError
 
