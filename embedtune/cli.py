@@ -145,7 +145,8 @@ def train_command(args: list[str]) -> None:
             fail("train", str(error))
         except KeyboardInterrupt:  # train.run saved a resumable state and said where
             raise SystemExit(130) from None
-        return (result["after"] or {}).get("ndcg@10")  # the sweep objective
+        after = result["after"] or {}
+        return after.get("ndcg@10", after.get("spearman"))  # the sweep objective: retrieval or STS held out
 
     quiet_transformers()
     sys.argv = ["embedtune train", *args]

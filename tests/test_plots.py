@@ -78,6 +78,19 @@ def test_report_of_a_sweep_ranks_runs_and_draws_quality_vs_value(tmp_path, capsy
     assert is_png(tmp_path / "pictures" / "sweep.png") and is_png(tmp_path / "pictures" / "training_curves.png")
 
 
+def test_report_of_an_sts_sweep_ranks_by_spearman(tmp_path, capsys):
+    sweep = tmp_path / "sts-sweep"
+    for number, (lr, spearman) in enumerate([("1e-5", 0.871), ("2e-5", 0.876)]):
+        folder = sweep / f"{number}_train.lr={lr}"
+        folder.mkdir(parents=True)
+        scores = lambda value: {"spearman": value, "pearson": value - 0.01}  # noqa: E731
+        (folder / "eval.json").write_text(json.dumps({"data": "sts-dev.csv", "before": scores(0.867), "after": scores(spearman), "steps": 2}))
+    main(["report", str(sweep), "--out-dir", str(tmp_path / "pictures")])
+    out = capsys.readouterr().out
+    assert "best: 1_train.lr=2e-5 (spearman 0.8760)" in out and "+0.0090" in out
+    assert is_png(tmp_path / "pictures" / "sweep.png")
+
+
 def test_report_of_a_folder_without_runs_fails_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path)])

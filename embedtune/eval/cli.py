@@ -21,8 +21,8 @@ verdicts (thresholds in embedtune/eval/diagnostics.py):
   not separated  positive pairs score < {SEPARATION_GAP} cosine above mismatched pairs on average
   healthy        none of the above
 """
-SWEEP_METRIC = "ndcg@10"  # what ranks the runs of a sweep (the objective `embedtune train -m` returns)
-SWEEP_ALSO_SHOWN = ("mrr@10", "recall@10")
+SWEEP_METRICS = ("ndcg@10", "spearman")  # what ranks a sweep's runs: the first their eval.json has (retrieval, STS)
+SWEEP_ALSO_SHOWN = ("mrr@10", "recall@10", "pearson")
 SWEEP_RUN = re.compile(r"^\d+_(?P<overrides>.+)$")  # Hydra's <job number>_<override_dirname>
 
 
@@ -182,8 +182,8 @@ def report_command(args: list[str]) -> None:
         prog="embedtune report",
         description="Pictures and tables of a training run: training curves (loss, lr, pairs/s, embedding std, "
         "similarity gap vs step) from RUN_DIR/train_log.jsonl. For a sweep folder (runs/<x>-sweep/, one subfolder per "
-        f"run with eval.json): the runs as a table sorted by {SWEEP_METRIC} after training, the best run named, and "
-        f"{SWEEP_METRIC} against the swept value.",
+        f"run with eval.json): the runs as a table sorted by the held-out {' or '.join(SWEEP_METRICS)} after training, "
+        "the best run named, and that metric against the swept value.",
         epilog="examples:\n  embedtune report runs/sft\n  embedtune report runs/sft-sweep",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -252,7 +252,7 @@ def _sweep_overrides(folder_name: str) -> dict[str, str]:
 
 
 def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
-    """The sweep's runs as a table sorted by SWEEP_METRIC after training, the best named; the
+    """The sweep's runs as a table sorted by its headline metric (the first of SWEEP_METRICS its runs have) after training, the best named; the
     metric against the swept value; all runs' training curves on the same axes."""
     from rich.table import Table
 
@@ -264,23 +264,24 @@ def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
         after, before = result.get("after") or {}, result.get("before") or {}
         log = _curve_records(folder)
         runs.append({"folder": folder, "overrides": _sweep_overrides(folder.name), "after": after, "before": before, "log": log})
-    runs.sort(key=lambda run: -run["after"].get(SWEEP_METRIC, float("-inf")))
-    scored = [run for run in runs if SWEEP_METRIC in run["after"]]
+    headline = next((m for m in SWEEP_METRICS if any(m in run["after"] for run in runs)), SWEEP_METRICS[0])
+    runs.sort(key=lambda run: -run["after"].get(headline, float("-inf")))
+    scored = [run for run in runs if headline in run["after"]]
     if not scored:
-        fail("report", f"{sweep_dir}: no run has {SWEEP_METRIC} in its eval.json 'after'")
+        fail("report", f"{sweep_dir}: no run has {headline} in its eval.json 'after'")
     swept = [key for key in dict.fromkeys(key for run in runs for key in run["overrides"]) if len({run["overrides"].get(key) for run in runs}) > 1] or list(runs[0]["overrides"])
 
     table = Table(title=f"sweep: {sweep_dir} ({len(runs)} runs, best first)")
     table.add_column("run")
     for key in swept:
         table.add_column(key, justify="right")
-    metrics = [SWEEP_METRIC, *(m for m in SWEEP_ALSO_SHOWN if m in scored[0]["after"])]
+    metrics = [headline, *(m for m in SWEEP_ALSO_SHOWN if m in scored[0]["after"])]
     for metric in metrics:
         table.add_column(metric, justify="right")
-    table.add_column("change", justify="right")  # of SWEEP_METRIC, from the base model
+    table.add_column("change", justify="right")  # of the headline metric, from the base model
     table.add_column("loss", justify="right")  # the last logged
     for run in runs:
-        change = run["after"][SWEEP_METRIC] - run["before"][SWEEP_METRIC] if SWEEP_METRIC in run["after"] and SWEEP_METRIC in run["before"] else None
+        change = run["after"][headline] - run["before"][headline] if headline in run["after"] and headline in run["before"] else None
         table.add_row(
             run["folder"].name.split("_", 1)[0] if SWEEP_RUN.match(run["folder"].name) else run["folder"].name,
             *(run["overrides"].get(key, "") for key in swept),
@@ -290,12 +291,12 @@ def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
         )
     stdout.print(table)
     best = scored[0]
-    print(f"best: {best['folder'].name} ({SWEEP_METRIC} {best['after'][SWEEP_METRIC]:.4f})")
+    print(f"best: {best['folder'].name} ({headline} {best['after'][headline]:.4f})")
 
     parameter = swept[0] if len(swept) == 1 else "run"
     values = [run["overrides"].get(parameter, "") if len(swept) == 1 else ",".join(f"{k}={run['overrides'].get(k, '')}" for k in swept) for run in scored]
     plots = plots_module("report")
-    written = [plots.quality_vs_value(values, [run["after"][SWEEP_METRIC] for run in scored], out_dir / "sweep.png", parameter, SWEEP_METRIC)]
+    written = [plots.quality_vs_value(values, [run["after"][headline] for run in scored], out_dir / "sweep.png", parameter, headline)]
     logs = {",".join(f"{k}={run['overrides'].get(k, '')}" for k in swept): run["log"] for run in runs if run["log"]}
     if logs:
         written.append(plots.training_curves(logs, out_dir / "training_curves.png", f"training: {sweep_dir}"))
