@@ -115,14 +115,16 @@ def _iter_hf_rows(source: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"{source}:row {number}", row
 
 
-def _field(row: dict[str, Any], column: str, where: str) -> Any:
+def row_field(row: dict[str, Any], column: str, where: str) -> Any:
+    """``row[column]``, or a `DataError` naming ``where`` and the columns the row does have."""
     if column not in row:
         raise DataError(f"{where}: missing column '{column}' (row has: {', '.join(map(str, row)) or 'nothing'})")
     return row[column]
 
 
-def _text(row: dict[str, Any], column: str, where: str) -> str:
-    value = _field(row, column, where)
+def row_text(row: dict[str, Any], column: str, where: str) -> str:
+    """``row[column]`` as a non-empty string, or a `DataError` naming ``where`` and the reason."""
+    value = row_field(row, column, where)
     if not isinstance(value, str):
         raise DataError(f"{where}: column '{column}' must be a string, got {type(value).__name__}")
     if not value.strip():
@@ -177,11 +179,11 @@ def _teacher_scores(row: dict[str, Any], columns: Columns, negatives: tuple[str,
 
 def pair_from_row(row: dict[str, Any], where: str, columns: Columns) -> Pair:
     """Validate one row and turn it into a `Pair`, or raise `DataError` naming ``where``."""
-    query = _text(row, columns.query, where)
-    positive = _text(row, columns.positive, where)
+    query = row_text(row, columns.query, where)
+    positive = row_text(row, columns.positive, where)
     negatives = _negatives(row, columns.negatives, where) if columns.negatives and columns.negatives in row else ()
-    score = _number(_field(row, columns.score, where), columns.score, where) if columns.score else None
-    label = _field(row, columns.label, where) if columns.label else None
+    score = _number(row_field(row, columns.score, where), columns.score, where) if columns.score else None
+    label = row_field(row, columns.label, where) if columns.label else None
     if columns.label and (label is None or str(label).strip() == ""):
         raise DataError(f"{where}: column '{columns.label}' is empty")
     label = str(label) if label is not None else None
@@ -238,7 +240,7 @@ def load_beir(folder: str, split: str = "test") -> RetrievalSet:
     for where, row in iter_rows(str(root / "queries.jsonl")):
         if not str(row.get("_id", "")):
             raise DataError(f"{where}: missing '_id'")
-        all_queries[str(row["_id"])] = _text(row, "text", where)
+        all_queries[str(row["_id"])] = row_text(row, "text", where)
     qrels: dict[str, dict[str, int]] = {}
     with qrels_path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):

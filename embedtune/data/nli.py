@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from embedtune.data.files import _field, _text, iter_rows
+from embedtune.data.files import iter_rows, row_field, row_text
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import ConfigError, DataError
 from embedtune.eval.held_out import load_held_out
@@ -52,8 +52,8 @@ def read_premises(sources: list[str], premise_column: str, hypothesis_column: st
     for source in sources:
         for where, row in iter_rows(source):
             counts["rows"] += 1
-            premise, hypothesis = _text(row, premise_column, where), _text(row, hypothesis_column, where)
-            raw = _field(row, label_column, where)
+            premise, hypothesis = row_text(row, premise_column, where), row_text(row, hypothesis_column, where)
+            raw = row_field(row, label_column, where)
             label = raw.strip().lower() if isinstance(raw, str) else raw
             if label in NO_GOLD_LABEL:
                 counts["no gold label"] += 1

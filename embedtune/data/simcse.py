@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embedtune.data.files import _text, iter_rows
+from embedtune.data.files import iter_rows, row_text
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import DataError
 from embedtune.eval.held_out import load_held_out
@@ -38,7 +38,7 @@ def read_texts(source: str, text_column: str = "text") -> list[str]:
         return _read_lines(path)
     if is_sts_file(source):
         return [text for _, pair in iter_sts(source) for text in (pair.query, pair.positive)]
-    return [_text(row, text_column, where) for where, row in iter_rows(source)]
+    return [row_text(row, text_column, where) for where, row in iter_rows(source)]
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedtune.data.files import _text, iter_rows
+from embedtune.data.files import iter_rows, row_text
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import ConfigError, DataError
 from embedtune.eval.held_out import load_held_out
@@ -74,7 +74,7 @@ def read_documents(source: str, title_column: str = "title", text_column: str = 
         title = row.get(title_column)
         if title is not None and not isinstance(title, str):
             raise DataError(f"{where}: column '{title_column}' must be a string, got {type(title).__name__}")
-        yield Document((title or "").strip(), _text(row, text_column, where).strip())
+        yield Document((title or "").strip(), row_text(row, text_column, where).strip())
 
 
 def _file_document(path: Path) -> Document:
