@@ -237,7 +237,7 @@ def _report_run(run_dir: Path, out_dir: Path) -> list[Path]:
     if (run_dir / "eval.json").is_file():
         result = _read_eval(run_dir / "eval.json")
         if result.get("after"):
-            stdout.print(comparison_table(f"held-out retrieval: {result.get('data', run_dir.name)}", result.get("before"), result["after"]))
+            stdout.print(comparison_table(f"held-out {'STS' if 'spearman' in result['after'] else 'retrieval'}: {result.get('data', run_dir.name)}", result.get("before"), result["after"]))
     return [plots_module("report").training_curves({run_dir.name: _curve_records(run_dir)}, out_dir / "training_curves.png", f"training: {run_dir}")]
 
 
