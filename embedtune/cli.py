@@ -137,6 +137,7 @@ def train_command(args: list[str]) -> None:
 
     @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
     def hydra_train(cfg) -> float | None:
+        from embedtune.eval.cli import SWEEP_METRICS
         from embedtune.train import run
 
         try:
@@ -146,7 +147,7 @@ def train_command(args: list[str]) -> None:
         except KeyboardInterrupt:  # train.run saved a resumable state and said where
             raise SystemExit(130) from None
         after = result["after"] or {}
-        return after.get("ndcg@10", after.get("spearman"))  # the sweep objective: retrieval or STS held out
+        return next((after[metric] for metric in SWEEP_METRICS if metric in after), None)  # the sweep objective, as `report` ranks
 
     quiet_transformers()
     sys.argv = ["embedtune train", *args]
