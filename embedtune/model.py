@@ -19,7 +19,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from embedtune import __version__
 from embedtune.errors import EmbedtuneError
-from embedtune.io import atomic_folder
+from embedtune.fileio import atomic_folder, read_json
 from embedtune.lora import merged_backbone
 from embedtune.pooling import POOLINGS, SENTENCE_TRANSFORMERS_KEYS
 
@@ -336,23 +336,16 @@ def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise EmbedtuneError(f"{path}: unreadable model config ({error})") from None
-
-
-def _saved_settings(folder: Path) -> dict:
+def saved_settings(folder: Path) -> dict:
     """Pooling, max length, normalisation and prompts recorded in a sentence-transformers folder."""
     settings: dict = {}
     if not (folder / "modules.json").is_file():
         return settings
-    modules = _read_json(folder / "modules.json")
+    modules = read_json(folder / "modules.json", "model config")
     types = {module["type"].rsplit(".", 1)[-1]: module["path"] for module in modules}
     settings["normalize"] = "Normalize" in types
     if "Pooling" in types:
-        pooling = _read_json(folder / types["Pooling"] / "config.json")
+        pooling = read_json(folder / types["Pooling"] / "config.json", "model config")
         if "pooling_mode" in pooling:  # sentence-transformers >= 6 layout
             mode = pooling["pooling_mode"]
             settings["pooling"] = {"lasttoken": "last_token"}.get(mode, mode)
@@ -360,9 +353,9 @@ def _saved_settings(folder: Path) -> dict:
             active = [mode for mode, key in SENTENCE_TRANSFORMERS_KEYS.items() if pooling.get(key)]
             settings["pooling"] = active[0] if active else "mean"
     if (folder / "sentence_bert_config.json").is_file():
-        settings["max_length"] = _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+        settings["max_length"] = read_json(folder / "sentence_bert_config.json", "model config").get("max_seq_length")
     if (folder / "config_sentence_transformers.json").is_file():
-        settings["prompts"] = _read_json(folder / "config_sentence_transformers.json").get("prompts") or {}
+        settings["prompts"] = read_json(folder / "config_sentence_transformers.json", "model config").get("prompts") or {}
     return settings
 
 
@@ -391,7 +384,7 @@ def load_embedder(
     gguf: dict = {}
     if path.endswith(".gguf"):
         path, gguf = str(Path(path).parent), {"gguf_file": Path(path).name}
-    saved = _saved_settings(Path(path)) if Path(path).is_dir() else {}
+    saved = saved_settings(Path(path)) if Path(path).is_dir() else {}
     if Path(path).is_dir() and not gguf and not (Path(path) / "config.json").is_file():
         raise EmbedtuneError(f"{path}: not a model folder (no config.json)")
     tokenizer_options = {"padding_side": padding_side} if padding_side else {}
@@ -415,7 +408,7 @@ def load_embedder(
         normalize=saved.get("normalize", True) if normalize is None else normalize,
         prompts={**saved.get("prompts", {}), **(prompts or {})},
     )
-    own = _read_json(Path(path) / EMBEDTUNE_CONFIG) if (Path(path) / EMBEDTUNE_CONFIG).is_file() else {}
+    own = read_json(Path(path) / EMBEDTUNE_CONFIG, "model config") if (Path(path) / EMBEDTUNE_CONFIG).is_file() else {}
     model.add_loss_params(own.get("loss_params", {}))
     model.matryoshka_dims = own.get("matryoshka_dims", [])
     return model

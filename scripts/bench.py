@@ -83,12 +83,12 @@ from rich.table import Table
 
 from embedtune.data.collate import PairCollator
 from embedtune.data.types import Pair
-from embedtune.distributed import freeze_unused_pooler
+from embedtune.training.distributed import freeze_unused_pooler
 from embedtune.eval.diagnostics import geometry
-from embedtune.gradcache import gradcache_step
+from embedtune.training.gradcache import gradcache_step
 from embedtune.losses.infonce import InfoNCE
 from embedtune.model import load_embedder, resolve_model_path
-from embedtune.train import parameter_groups
+from embedtune.training.run import parameter_groups
 
 MODEL = "all-MiniLM-L6-v2"
 MAX_LENGTH = 128
@@ -357,7 +357,7 @@ def bench_mine(options, pairs: list[tuple[str, str]], corpus: list[str]) -> dict
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
 
-    from embedtune.data.mining import MiningConfig, mine_negatives
+    from embedtune.mine.negatives import MiningConfig, mine_negatives
 
     queries = pairs[: options.mine_queries]
     console.log(f"[bold]mine[/]: {len(queries)} queries over {len(corpus)} documents, 7 negatives from ranks 0-100")
@@ -418,7 +418,7 @@ def bench_merge(options) -> dict:
 def merge_worker(paths: list[str]) -> dict:
     """Merge in this process; the peak is Linux's VmHWM, reset after the imports (clear_refs 5),
     so that importing torch's own transient peak does not hide the merge's."""
-    from embedtune.merge.stream import merge_models
+    from embedtune.merge.soup import merge_models
 
     Path("/proc/self/clear_refs").write_text("5")
     before = _proc_status_mib("VmRSS")

@@ -100,7 +100,8 @@ def test_unknown_command():
 def test_data_command_writes_stdlib_as_files_that_train_and_eval_read(tmp_path):
     result = embedtune("data", "--out", str(tmp_path / "d"), "--max-train-pairs", "20", "--max-eval-queries", "5")
     assert result.returncode == 0, result.stderr
-    from embedtune.data.files import load_beir, load_pairs
+    from embedtune.data.held_out import load_beir
+    from embedtune.data.rows import load_pairs
 
     pairs = load_pairs(str(tmp_path / "d" / "train.jsonl"))
     assert len(pairs) == 20 and all(len(p.negatives) == 3 for p in pairs)

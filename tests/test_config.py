@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from embedtune.config import config_dir, validate
+from embedtune.training.config import config_dir, validate
 from embedtune.errors import ConfigError
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())

@@ -6,7 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedtune.data.files import Columns, load_beir, load_pairs, pairs_as_retrieval_set
+from embedtune.data.held_out import load_beir, pairs_as_retrieval_set
+
+from embedtune.data.rows import Columns, load_pairs
 from embedtune.data.stdlib import load as load_stdlib
 from embedtune.data.types import Pair
 from embedtune.errors import DataError
@@ -133,7 +135,8 @@ def test_stdlib_split_by_package_deterministic_and_answers_hidden_from_queries(t
 
 
 def test_written_pairs_and_beir_folder_load_back_unchanged(tmp_path):
-    from embedtune.data.files import write_beir, write_pairs
+    from embedtune.data.held_out import write_beir
+    from embedtune.data.rows import write_pairs
     from embedtune.data.types import RetrievalSet
 
     pairs = [Pair("q one", "doc one", ("neg a", "neg b")), Pair("q two", "doc two")]

@@ -145,7 +145,7 @@ def test_eos_joins_a_llama3_style_sequence_post_processor():
 def test_prompt_presets_and_decoder_backbone_defaults(overrides, pooling, query, document):
     from hydra import compose, initialize_config_dir
 
-    from embedtune.config import config_dir, validate
+    from embedtune.training.config import config_dir, validate
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -162,8 +162,8 @@ def test_decoder_fine_tune_learns_a_mapping_that_holds_on_unseen_pairs(tiny_qwen
 
     from hydra import compose, initialize_config_dir
 
-    from embedtune.config import config_dir
-    from embedtune.train import run
+    from embedtune.training.config import config_dir
+    from embedtune.training.run import run
 
     numbers = random.Random(0).sample(range(1000, 10000), 600)
     for name, chosen in (("train", numbers[:480]), ("held_out", numbers[480:])):

@@ -1,7 +1,7 @@
 """Cross-device negatives: two real processes (gloo, CPU) give the loss and the gradients that one
 process computes on the whole batch, and `accelerate launch` with two processes trains end to end.
 
-The gradient convention of `embedtune.distributed` is pinned here: every rank computes the global
+The gradient convention of `embedtune.training.distributed` is pinned here: every rank computes the global
 loss, the gather's backward sums gradients over ranks, DDP averages, and the loss is NOT scaled
 by the world size. A gather whose backward kept only the local gradient would give half the
 reference gradients below; multiplying the loss by the world size (tevatron) would double the
@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from embedtune.distributed import CrossDevice, check_launch, freeze_unused_pooler, gather_batch, launch_rank
+from embedtune.console import launch_rank
+from embedtune.training.distributed import CrossDevice, check_launch, freeze_unused_pooler, gather_batch
 from embedtune.errors import ConfigError
-from embedtune.gradcache import gradcache_step
+from embedtune.training.gradcache import gradcache_step
 from embedtune.losses.batch import BatchInfo
 from embedtune.losses.infonce import InfoNCE
 from embedtune.losses.qwen3 import Qwen3Loss
@@ -244,13 +245,13 @@ def test_the_unused_pooler_is_frozen_and_nothing_else(tiny_bert_dir):
 # --- end to end: accelerate launch, two CPU processes --------------------------------------
 
 # `python -m embedtune` (runpy runs embedtune/__main__.py exactly as -m does), with a clock that
-# advances one second per reading in embedtune.train: a log window reads it at its start and at
+# advances one second per reading in embedtune.training.run: a log window reads it at its start and at
 # its end, so with train.log_every=1 pairs_per_s is exactly the pairs of one step, all processes.
 FAKE_CLOCK_MAIN = """
 import itertools, runpy, types
-import embedtune.train
+import embedtune.training.run_log
 ticks = itertools.count()
-embedtune.train.time = types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+embedtune.training.run_log.time = types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
 runpy.run_module("embedtune", run_name="__main__", alter_sys=True)
 """
 

@@ -10,15 +10,16 @@ import torch
 from helpers import embedtune
 
 from embedtune.cli import main
-from embedtune.data.files import write_beir
+from embedtune.data.held_out import write_beir
 from embedtune.data.types import RetrievalSet
 from embedtune.errors import DataError
 from embedtune.eval.benchmarks import load_benchmark, positive_pairs
 from embedtune.eval.metrics import map_at_k, retrieval_metrics
 from embedtune.eval.retrieval import rank, truncate
-from embedtune.eval.sts import average_ranks, evaluate_sts, is_sts_file, load_sts, pearson, spearman
+from embedtune.data.sts_files import is_sts_file, load_sts
 
 # --- MAP ----------------------------------------------------------------------------------
+from embedtune.eval.sts import average_ranks, evaluate_sts, pearson, spearman
 
 
 def test_map_divides_by_all_relevant_documents_found_or_not():

@@ -7,8 +7,8 @@ from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedtune.config import config_dir, validate
-from embedtune.data.files import load_pairs
+from embedtune.training.config import config_dir, validate
+from embedtune.data.rows import load_pairs
 from embedtune.errors import EmbedtuneError
 
 json_values = st.recursive(

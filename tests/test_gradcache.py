@@ -7,10 +7,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from embedtune.config import config_dir
+from embedtune.training.config import config_dir
 from embedtune.data.collate import PairCollator
 from embedtune.data.types import Pair
-from embedtune.gradcache import _mini_batches, gradcache_step
+from embedtune.training.gradcache import _mini_batches, gradcache_step
 from embedtune.losses.infonce import InfoNCE
 from embedtune.losses.matryoshka import Matryoshka
 from embedtune.model import load_embedder

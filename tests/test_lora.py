@@ -7,11 +7,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from embedtune.config import config_dir
+from embedtune.training.config import config_dir
 from embedtune.errors import ConfigError
 from embedtune.losses.infonce import InfoNCE
 from embedtune.model import load_embedder
-from embedtune.train import parameter_groups, run
+from embedtune.training.build import parameter_groups
+from embedtune.training.run import run
 
 pytest.importorskip("peft")
 from embedtune.lora import apply_lora  # noqa: E402

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from embedtune.errors import EmbedtuneError
 from embedtune.merge.methods import lerp, linear_soup, slerp, slerp_soup
-from embedtune.merge.stream import merge_models
+from embedtune.merge.soup import merge_models
 from embedtune.model import load_embedder
 
 TEXTS = ["a short text", "a considerably longer text that needs more tokens than the other ones do"]

@@ -8,11 +8,11 @@ import pytest
 import torch
 from helpers import embedtune
 
-from embedtune.data.files import load_pairs
-from embedtune.data.mining import COUNTS, MiningConfig, mine_negatives, search
+from embedtune.data.rows import load_pairs
+from embedtune.mine.negatives import COUNTS, MiningConfig, mine_negatives, search
 from embedtune.errors import EmbedtuneError
 from embedtune.eval.retrieval import rank
-from embedtune.mine_cli import load_corpus
+from embedtune.mine.pairs import load_corpus
 
 
 def unit(score: float) -> list[float]:

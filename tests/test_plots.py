@@ -10,7 +10,7 @@ from embedtune.cli import main
 pytest.importorskip("matplotlib")  # pictures are an optional extra
 
 from embedtune.eval import plots  # noqa: E402
-from embedtune.eval.cli import _sweep_overrides  # noqa: E402
+from embedtune.cli.report import sweep_overrides  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -43,9 +43,9 @@ def test_every_plot_writes_a_png(tmp_path):
 
 
 def test_sweep_folder_names_parse_into_overrides():
-    assert _sweep_overrides("3_loss.temperature=0.05") == {"loss.temperature": "0.05"}
-    assert _sweep_overrides("0_mrl.dims=[64,128],train.lr=1e-5") == {"mrl.dims": "[64,128]", "train.lr": "1e-5"}
-    assert _sweep_overrides("final") == {"run": "final"}
+    assert sweep_overrides("3_loss.temperature=0.05") == {"loss.temperature": "0.05"}
+    assert sweep_overrides("0_mrl.dims=[64,128],train.lr=1e-5") == {"mrl.dims": "[64,128]", "train.lr": "1e-5"}
+    assert sweep_overrides("final") == {"run": "final"}
 
 
 def write_run(folder, temperature, after, losses):

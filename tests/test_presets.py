@@ -10,18 +10,19 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from embedtune.config import config_dir
-from embedtune.data import nli, scored, simcse, weak
+from embedtune.training.config import config_dir
+from embedtune.data import nli, simcse, sts, weak
 from embedtune.data.collate import PairCollator
 from embedtune.data.sampler import ShuffledBatchSampler
 from embedtune.data.types import Pair, RetrievalSet, ScoredPairSet
 from embedtune.errors import ConfigError, DataError
-from embedtune.eval.held_out import evaluate_held_out, load_held_out
-from embedtune.gradcache import gradcache_step
+from embedtune.data.held_out import load_held_out
+from embedtune.eval.held_out import evaluate_held_out
+from embedtune.training.gradcache import gradcache_step
 from embedtune.losses.infonce import InfoNCE
 from embedtune.losses.qwen3 import Qwen3Loss
 from embedtune.model import load_embedder
-from embedtune.train import run
+from embedtune.training.run import run
 
 STSB_ROWS = [  # the STS Benchmark layout: 7 tab-separated fields, some rows with 2 more; quotes are text
     "main-captions\tMSRvid\t2012test\t0001\t5.000\tA plane is taking off.\tAn air plane is taking off.",
@@ -235,7 +236,7 @@ def test_nli_on_the_snli_subset(shared_data):
 
 def test_scored_pairs_read_stsb_layout_first_seven_fields(tmp_path, capsys):
     path = write(tmp_path / "sts-train.csv", STSB_ROWS)
-    data = scored.load(str(path))
+    data = sts.load(str(path))
     assert data.train == [
         Pair("A plane is taking off.", "An air plane is taking off.", score=5.0),
         Pair('He said "no.', 'The "cat" sat.', score=1.25),
@@ -247,12 +248,12 @@ def test_scored_pairs_read_stsb_layout_first_seven_fields(tmp_path, capsys):
 def test_scored_pairs_check_the_score_range(tmp_path):
     path = write(tmp_path / "sts.csv", STSB_ROWS)
     with pytest.raises(DataError, match=rf"^{path}:1: score 5 is outside data.score_min..data.score_max = 0..1$"):
-        scored.load(str(path), score_max=1.0)
+        sts.load(str(path), score_max=1.0)
     rows = write(tmp_path / "sts.jsonl", [{"sentence1": "a b", "sentence2": "c d", "score": 0.5}, {"sentence1": "e", "sentence2": "f", "score": "high"}])
     with pytest.raises(DataError, match=rf"^{rows}:2: column 'score' must be a number"):
-        scored.load(str(rows), score_max=1.0)
+        sts.load(str(rows), score_max=1.0)
     with pytest.raises(ConfigError, match="score_max must be > data.score_min"):
-        scored.load(str(path), score_min=5.0, score_max=0.0)
+        sts.load(str(path), score_min=5.0, score_max=0.0)
 
 
 # --- weak pairs from documents ------------------------------------------------------------------

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from embedtune.cli import _check_train_overrides, _parse_overrides, main
+from embedtune.cli import main
+from embedtune.cli.train import check_overrides, parse_overrides
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.sh"))
 RECORDER = """#!{python}
@@ -55,7 +56,7 @@ def test_recipe_commands_are_valid(recipe, tmp_path, capsys):
     assert {"train", "mine", "merge", "eval"} <= {call[0] for call in calls}, calls
     for command, *args in calls:
         if command == "train":
-            _check_train_overrides(_parse_overrides(args))  # one-line SystemExit on a bad key or value
+            check_overrides(parse_overrides(args))  # one-line SystemExit on a bad key or value
         else:
             unknown = {arg.split("=")[0] for arg in args if arg.startswith("--")} - flags_of(command, capsys)
             assert not unknown, f"{recipe.name}: embedtune {command} has no {sorted(unknown)}"

@@ -11,12 +11,12 @@ from helpers import start_embedtune
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from embedtune.config import config_dir
+from embedtune.training.config import config_dir
 from embedtune.errors import EmbedtuneError
-from embedtune.io import atomic_folder
+from embedtune.fileio import atomic_folder
 from embedtune.losses.infonce import InfoNCE
 from embedtune.model import load_embedder
-from embedtune.train import run
+from embedtune.training.run import run
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 import pytest
 
 from embedtune.cli import main
-from embedtune.data.files import load_beir, load_pairs, write_beir
+from embedtune.data.held_out import load_beir, write_beir
+from embedtune.data.rows import load_pairs
 from embedtune.data.split import split_queries
 from embedtune.data.types import RetrievalSet
 from embedtune.errors import DataError

@@ -5,7 +5,7 @@ import json
 import pytest
 from helpers import embedtune
 
-from embedtune.data.files import load_pairs
+from embedtune.data.rows import load_pairs
 from embedtune.model import load_embedder
 
 

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
-from embedtune.config import config_dir
-from embedtune.data.files import Columns
-from embedtune.data.stream import MixedPairStream, Source, load
+from embedtune.training.config import config_dir
+from embedtune.data.rows import Columns
+from embedtune.data.pair_stream import MixedPairStream, Source, load
 from embedtune.errors import ConfigError, DataError
-from embedtune.train import run
+from embedtune.training.run import run
 
 
 def write_jsonl(path, prefix, count, start=0):

@@ -2,8 +2,8 @@
 
 from hydra import compose, initialize_config_dir
 
-from embedtune.config import config_dir
-from embedtune.train import run
+from embedtune.training.config import config_dir
+from embedtune.training.run import run
 
 
 def test_short_sft_on_stdlib_raises_held_out_ndcg(minilm_2layer_dir, tmp_path):
@@ -32,7 +32,7 @@ import math  # noqa: E402
 
 import pytest  # noqa: E402
 
-from embedtune.config import config_dir as _config_dir  # noqa: E402
+from embedtune.training.config import config_dir as _config_dir  # noqa: E402
 from embedtune.model import load_embedder  # noqa: E402
 
 LOSSES = sorted(p.stem for p in (_config_dir() / "loss").glob("*.yaml"))

@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from embedtune.data.files import iter_rows, row_field, row_text
+from embedtune.data.rows import iter_rows, row_field, row_text
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import ConfigError, DataError
-from embedtune.eval.held_out import load_held_out
-from embedtune.progress import announce
+from embedtune.data.held_out import load_held_out
+from embedtune.console import announce
 
 LABELS = {"entailment": "entailment", "neutral": "neutral", "contradiction": "contradiction", 0: "entailment", 1: "neutral", 2: "contradiction"}
 NO_GOLD_LABEL = ("-", -1)

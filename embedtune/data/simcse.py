@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embedtune.data.files import iter_rows, row_text
+from embedtune.data.rows import iter_rows, row_text
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import DataError
-from embedtune.eval.held_out import load_held_out
-from embedtune.eval.sts import is_sts_file, iter_sts
-from embedtune.progress import announce
+from embedtune.data.held_out import load_held_out
+from embedtune.data.sts_files import is_sts_file, iter_sts
+from embedtune.console import announce
 
 
 def read_texts(source: str, text_column: str = "text") -> list[str]:

@@ -25,6 +25,7 @@ class RetrievalSet:
     queries: dict[str, str]
     corpus: dict[str, str]
     qrels: dict[str, dict[str, int]]  # query id -> {document id: relevance > 0}
+    source_pairs: list[Pair] = field(default_factory=list)  # a pairs file's rows it was built from (their labels colour plots)
 
 
 @dataclass

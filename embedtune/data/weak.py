@@ -32,11 +32,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedtune.data.files import iter_rows, row_text
+from embedtune.data.rows import iter_rows, row_text
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import ConfigError, DataError
-from embedtune.eval.held_out import load_held_out
-from embedtune.progress import announce
+from embedtune.data.held_out import load_held_out
+from embedtune.console import announce
 
 KINDS = ("title_body", "first_sentence_rest", "heading_section")
 MARKDOWN_SUFFIXES = {".md", ".markdown"}

@@ -1,15 +1,14 @@
-"""Evaluation data sets loaded as what they are: a BEIR folder or a pairs file is a retrieval
-task, a file of scored sentence pairs is an STS task (`embedtune eval`, `embedtune diagnose`)."""
+"""Evaluation data sets as tasks (`embedtune eval`, `embedtune diagnose`): what `load_held_out`
+reads, with the task named and the positive pairs a geometry diagnosis looks at."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from embedtune.data.files import Columns, load_beir, load_pairs, pairs_as_retrieval_set
-from embedtune.data.types import Pair, RetrievalSet
-from embedtune.eval.sts import is_sts_file, load_sts
+from embedtune.data.held_out import load_held_out
+from embedtune.data.rows import Columns
+from embedtune.data.types import Pair, RetrievalSet, ScoredPairSet
 
 
 @dataclass
@@ -32,14 +31,10 @@ class Benchmark:
 
 def load_benchmark(source: str, split: str = "test", columns: Columns = Columns(negatives=None)) -> Benchmark:
     """A BEIR folder (qrels ``split``) or a pairs file as retrieval, a scored-pairs file as STS."""
-    if Path(source).is_dir():
-        retrieval = load_beir(source, split)
-        return Benchmark(source, retrieval.name, "retrieval", retrieval)
-    name = Path(source).name
-    if is_sts_file(source):
-        return Benchmark(source, name, "sts", pairs=load_sts(source))
-    pairs = load_pairs(source, columns)
-    return Benchmark(source, name, "retrieval", pairs_as_retrieval_set(pairs, name), pairs)
+    held_out = load_held_out(source, split, columns)
+    if isinstance(held_out, ScoredPairSet):
+        return Benchmark(source, held_out.name, "sts", pairs=held_out.pairs)
+    return Benchmark(source, held_out.name, "retrieval", held_out, held_out.source_pairs)
 
 
 def positive_pairs(benchmark: Benchmark, max_pairs: int | None = None, seed: int = 0) -> list[Pair]:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +21,9 @@ matplotlib.use("Agg")  # files only: works on machines without a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from embedtune.fileio import atomic_file  # noqa: E402
+from embedtune.eval.tasks import HEADLINE_METRIC  # noqa: E402
 
 # train_log.jsonl fields worth a panel, with their axis labels, in reading order.
 CURVES = {
@@ -34,19 +36,16 @@ CURVES = {
     "ndcg@10": "held-out nDCG@10",  # eval_log.jsonl (eval.every_n_steps)
     "spearman": "held-out STS Spearman",
 }
-# The headline metric of each task, for plots that show one number.
-HEADLINE = {"retrieval": "ndcg@10", "sts": "spearman", "probe": "accuracy"}
 
 
 def _save(figure, path: str | Path) -> Path:
     """Write ``figure`` as a PNG atomically (a temporary sibling, then a rename) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(tmp, path)
-    return path
+    try:
+        with atomic_file(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+    return Path(path)
 
 
 def similarity_histograms(similarities: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str) -> Path:
@@ -128,12 +127,12 @@ def training_curves(logs: dict[str, list[dict]], path: str | Path, title: str) -
 
 def quality_vs_dims(rows: list[dict], path: str | Path) -> Path:
     """One panel per data set of ``rows`` (the rows of `embedtune eval`: data, task, model, dim
-    and metrics), its headline metric (`HEADLINE`) against the Matryoshka size, one line per model."""
+    and metrics), its headline metric (`HEADLINE_METRIC`) against the Matryoshka size, one line per model."""
     sources = list(dict.fromkeys(row["data"] for row in rows))
     figure, panels = plt.subplots(1, len(sources), figsize=(5.5 * len(sources), 4.2), squeeze=False, layout="constrained")
     for panel, source in zip(panels[0], sources):
         here = [row for row in rows if row["data"] == source]
-        metric = HEADLINE[here[0]["task"]]
+        metric = HEADLINE_METRIC[here[0]["task"]]
         for index, model in enumerate(dict.fromkeys(row["model"] for row in here)):
             points = sorted((row["dim"], row[metric]) for row in here if row["model"] == model)
             dims, values = zip(*points)

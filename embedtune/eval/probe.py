@@ -45,10 +45,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from embedtune.data.files import iter_rows
+from embedtune.data.rows import iter_rows
 from embedtune.errors import DataError
 from embedtune.model import Embedder
-from embedtune.progress import progress_bar
+from embedtune.console import progress_bar
 
 DEFAULT_NOISE = (0.05, 0.1, 0.2)
 DEFAULT_DRAWS = 10

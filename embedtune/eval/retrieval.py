@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from embedtune.data.types import RetrievalSet
 from embedtune.eval.metrics import retrieval_metrics
 from embedtune.model import Embedder
-from embedtune.progress import progress_bar
+from embedtune.console import progress_bar
 
 
 def rank(

@@ -54,16 +54,6 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def launch_rank() -> int:
-    """This process's global rank as the launcher set it (torchrun / accelerate launch: RANK;
-    mpirun: PMI_RANK or OMPI_COMM_WORLD_RANK), 0 when not launched as several processes. Read
-    from the environment, so it is known before any process group exists (Hydra starts first)."""
-    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
-
-
 def check_launch(num_processes: int) -> None:
     """Refuse to run as one of several launched processes that each train alone.
 

@@ -7,7 +7,7 @@ which fits the cosine to the score rescaled from [score_min, score_max] to [0, 1
 (``loss=cosine``; its range follows ``data.score_min`` / ``data.score_max``). There are no
 hard negatives; the in-batch pairs are compared with each other by their scores.
 
-Files are read by `embedtune.eval.sts.iter_sts`: the STS Benchmark distribution (tab-separated,
+Files are read by `embedtune.data.sts_files.iter_sts`: the STS Benchmark distribution (tab-separated,
 no header, fields genre, source, year, id, score, sentence1, sentence2; extra fields ignored) or
 any file with ``sentence1``, ``sentence2`` and ``score`` columns. Every score must lie within
 [score_min, score_max]: a score outside says the range (or the file) is not what you think.
@@ -19,9 +19,9 @@ import dataclasses
 
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import ConfigError, DataError
-from embedtune.eval.held_out import load_held_out
-from embedtune.eval.sts import iter_sts
-from embedtune.progress import announce
+from embedtune.data.held_out import load_held_out
+from embedtune.data.sts_files import iter_sts
+from embedtune.console import announce
 
 
 def load_scored(source: str, score_min: float = 0.0, score_max: float = 5.0) -> list[Pair]:

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 from torch.utils.data import IterableDataset
 
-from embedtune.data.files import Columns, iter_rows, load_retrieval_set, pair_from_row
+from embedtune.data.held_out import load_held_out
+
+from embedtune.data.rows import Columns, iter_rows, pair_from_row
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import DataError
 
@@ -134,7 +136,7 @@ def load(
     return TrainEvalData(
         train=[],
         stream=stream,
-        eval=load_retrieval_set(eval, eval_split, columns) if eval else None,
+        eval=load_held_out(eval, eval_split, columns) if eval else None,
         query_prompt=query_prompt,
         document_prompt=document_prompt,
         source=", ".join(source.path for source in parsed),

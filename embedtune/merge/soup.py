@@ -25,10 +25,10 @@ from torch import Tensor
 
 from embedtune import __version__
 from embedtune.errors import EmbedtuneError
-from embedtune.io import atomic_folder
+from embedtune.fileio import atomic_folder, read_json
 from embedtune.merge.methods import linear_soup, slerp_soup
-from embedtune.model import _saved_settings, resolve_model_path
-from embedtune.progress import progress_bar
+from embedtune.model import resolve_model_path, saved_settings
+from embedtune.console import progress_bar
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -136,16 +136,9 @@ def _model_folder(name: str, out: str) -> Path:
     return folder
 
 
-def _read_json(path: Path, label: str) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise EmbedtuneError(f"{label}: unreadable ({error})") from None
-
-
 def _check_architecture(labels: list[str], folders: list[Path]) -> None:
     """Every input's config.json agrees with the first's on model type and sizes."""
-    configs = [_read_json(folder / "config.json", f"{label}/config.json") for folder, label in zip(folders, labels)]
+    configs = [read_json(folder / "config.json", "model config") for folder, label in zip(folders, labels)]
     for label, config in zip(labels[1:], configs[1:]):
         for key in ARCHITECTURE_KEYS:
             if config.get(key) != configs[0].get(key):
@@ -159,7 +152,7 @@ def _open_weights(folder: Path, label: str, stack: contextlib.ExitStack) -> dict
         handle = _open(folder / WEIGHTS, label, stack)
         return {name: (f"{label}/{WEIGHTS}", handle) for name in handle.keys()}
     if (folder / WEIGHTS_INDEX).is_file():
-        weight_map = _read_json(folder / WEIGHTS_INDEX, f"{label}/{WEIGHTS_INDEX}").get("weight_map", {})
+        weight_map = read_json(folder / WEIGHTS_INDEX, "weights index").get("weight_map", {})
         handles = {file: _open(folder / file, label, stack) for file in dict.fromkeys(weight_map.values())}
         return {name: (f"{label}/{file}", handles[file]) for name, file in weight_map.items()}
     raise EmbedtuneError(f"{label}: no {WEIGHTS} or {WEIGHTS_INDEX} (merging needs safetensors weights)")
@@ -220,9 +213,9 @@ def _check_tensors(labels: list[str], opened: list[dict[str, tuple[str, object]]
 def _warn_if_settings_differ(labels: list[str], folders: list[Path]) -> None:
     """Warn when an input pools, normalises, truncates or prompts differently from the first,
     whose settings the merged model keeps."""
-    first = _saved_settings(folders[0])
+    first = saved_settings(folders[0])
     for label, folder in zip(labels[1:], folders[1:]):
-        other = _saved_settings(folder)
+        other = saved_settings(folder)
         keys = sorted(first.keys() | other.keys())
         differences = [f"{key} {other.get(key)!r} ({labels[0]}: {first.get(key)!r})" for key in keys if other.get(key) != first.get(key)]
         if differences:

@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 
-from embedtune.cli import fail
+from embedtune.cli.common import fail
 from embedtune.errors import EmbedtuneError
 
 EXAMPLES = """examples:
@@ -19,7 +19,7 @@ EXAMPLES = """examples:
 """
 
 
-def merge_command(args: list[str]) -> None:
+def main(args: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="embedtune merge",
         description="Merge checkpoints of one architecture tensor by tensor, by spherical (--slerp) or linear\n"
@@ -39,8 +39,8 @@ def merge_command(args: list[str]) -> None:
     options = parser.parse_args(args)
     layer_t = _parse_layer_t(options.layer_t)
 
-    from embedtune.merge.stream import merge_models
-    from embedtune.progress import console
+    from embedtune.merge.soup import merge_models
+    from embedtune.console import console
 
     def print_warning(message, *_args, **_kwargs) -> None:
         console.print(f"embedtune merge: warning: {message}", style="yellow", markup=False, highlight=False)
@@ -76,7 +76,7 @@ def _parse_layer_t(items: list[str]) -> list[tuple[str, float]]:
 def _print_summary(summary: dict, seconds: float) -> None:
     from rich.table import Table
 
-    from embedtune.progress import stdout
+    from embedtune.console import stdout
 
     # ru_maxrss is in KiB on Linux, bytes on macOS
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)

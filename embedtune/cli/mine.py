@@ -3,7 +3,7 @@
 The output is jsonl with ``query``, ``positive``, ``negatives`` and the model's cosine scores
 (``positive_score``, ``negative_scores``, one per negative), ready for
 ``embedtune train data=files data.train=FILE``; distillation losses read the scores as a
-teacher's. The filters and their order are described in `embedtune.data.mining`.
+teacher's. The filters and their order are described in `embedtune.mine.negatives`.
 """
 
 from __future__ import annotations
@@ -11,30 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
 from pathlib import Path
 
-from embedtune.cli import fail, quiet_transformers
-from embedtune.data.files import iter_rows
-from embedtune.errors import DataError, EmbedtuneError
+from embedtune.cli.common import best_device, fail, quiet_transformers
+from embedtune.console import stdout
+from embedtune.errors import EmbedtuneError
 
 OUTPUT_SUFFIXES = (".jsonl", ".json")
-
-
-def load_corpus(source: str, column: str = "text") -> list[str]:
-    """Document texts from a jsonl/csv/parquet file, one per row, in file order. A row with a
-    ``title`` (a BEIR ``corpus.jsonl``) gets it joined in front of ``text``, as `load_beir` does."""
-    texts = []
-    for where, row in iter_rows(source):
-        if column not in row:
-            raise DataError(f"{where}: missing column '{column}' (row has: {', '.join(map(str, row)) or 'nothing'})")
-        title, text = (row.get("title") or "") if column == "text" else "", row[column] or ""
-        if not isinstance(title, str) or not isinstance(text, str) or not (title + text).strip():
-            raise DataError(f"{where}: column '{column}' must be a non-empty string")
-        texts.append(f"{title} {text}".strip())
-    if not texts:
-        raise DataError(f"{source}: no rows")
-    return texts
+MINING_OPTIONS = ("num_negatives", "range_min", "range_max", "sampling", "max_score", "margin", "relative_margin", "seed")  # flags named as MiningConfig fields
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
@@ -68,80 +52,44 @@ def parse_args(args: list[str]) -> argparse.Namespace:
 
 def main(args: list[str]) -> None:
     options = parse_args(args)
-
-    import torch
-    from rich.table import Table
-
-    from embedtune.data.files import Columns, load_pairs
-    from embedtune.data.mining import MiningConfig, mine_negatives
-    from embedtune.io import write_text_atomic
-    from embedtune.model import load_embedder
-    from embedtune.progress import progress_bar, stdout
-
-    quiet_transformers()
     started = time.perf_counter()
     if options.batch_size < 1:
         fail("mine", f"--batch-size must be >= 1, got {options.batch_size}")
     if Path(options.out).suffix.lower() not in OUTPUT_SUFFIXES:
         fail("mine", f"--out must be a .jsonl file, got {options.out}")
+
+    from embedtune.data.rows import Columns, load_pairs
+    from embedtune.fileio import write_text_atomic
+    from embedtune.mine.negatives import MiningConfig
+    from embedtune.mine.pairs import load_corpus, mine_pairs
+    from embedtune.model import load_embedder
+
+    quiet_transformers()
     try:
-        config = MiningConfig(
-            num_negatives=options.num_negatives,
-            range_min=options.range_min,
-            range_max=options.range_max,
-            sampling=options.sampling,
-            max_score=options.max_score,
-            margin=options.margin,
-            relative_margin=options.relative_margin,
-            seed=options.seed,
-        )
+        config = MiningConfig(**{name: getattr(options, name) for name in MINING_OPTIONS})
         pairs = load_pairs(options.data, Columns(options.query_column, options.positive_column, None))
         corpus = load_corpus(options.corpus, options.corpus_column) if options.corpus else list(dict.fromkeys(p.positive for p in pairs))
-        model = load_embedder(options.model).to("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_embedder(options.model).to(best_device())
     except EmbedtuneError as error:
         fail("mine", str(error))
-
-    # Embed each distinct text once: the queries, and the corpus plus any positive outside it
-    # (its score against the query is what the positive-aware filter compares with).
-    queries = list(dict.fromkeys(pair.query for pair in pairs))
-    documents = list(dict.fromkeys([*corpus, *(pair.positive for pair in pairs)]))
-    with progress_bar("embedding", len(queries) + len(documents)) as advance:
-        query_embeddings = model.encode(queries, "query", options.batch_size, advance)
-        document_embeddings = model.encode(documents, "document", options.batch_size, advance)
-    embedded = time.perf_counter()
-    query_row = {text: i for i, text in enumerate(queries)}
-    document_row = {text: i for i, text in enumerate(documents)}
-    positives_of = defaultdict(set)
-    for pair in pairs:
-        positives_of[pair.query].add(pair.positive)
-    mined, counts = mine_negatives(
-        query_embeddings[[query_row[pair.query] for pair in pairs]],
-        document_embeddings[[document_row[pair.positive] for pair in pairs]],
-        document_embeddings[[document_row[text] for text in corpus]],
-        corpus,
-        [positives_of[pair.query] for pair in pairs],
-        config,
-    )
-
-    short = sum(len(result.indices) < config.num_negatives for result in mined)
-    rows = [
-        {
-            "query": pair.query,
-            "positive": pair.positive,
-            "negatives": [corpus[i] for i in result.indices],
-            "positive_score": round(result.positive_score, 6),
-            "negative_scores": [round(score, 6) for score in result.scores],
-        }
-        for pair, result in zip(pairs, mined)
-        if not (options.drop_short and len(result.indices) < config.num_negatives)
-    ]
+    loaded = time.perf_counter()
+    rows, counts = mine_pairs(model, pairs, corpus, config, options.batch_size)
+    short = sum(len(row["negatives"]) < config.num_negatives for row in rows)
+    if options.drop_short:
+        rows = [row for row in rows if len(row["negatives"]) >= config.num_negatives]
     if not rows:
         fail("mine", f"every query has < {config.num_negatives} negatives after filtering, nothing written (widen the window or loosen the filters)")
     write_text_atomic(options.out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    finished = time.perf_counter()
+    timings = {"load": loaded - started, "embed + mine": time.perf_counter() - loaded}
+    stdout.print(_report(options, config, len(pairs), len(corpus), rows, counts, short, timings))
+
+
+def _report(options, config, queries: int, documents: int, rows: list[dict], counts: dict[str, int], short: int, timings: dict[str, float]):
+    """What the filters removed, what was written, and how long it took, as one table."""
+    from rich.table import Table
 
     per_query = [len(row["negatives"]) for row in rows]
-    table = Table(title=f"hard negatives: {len(pairs)} queries, {len(corpus)} documents -> {options.out}")
+    table = Table(title=f"hard negatives: {queries} queries, {documents} documents -> {options.out}")
     table.add_column("")
     table.add_column("count", justify="right")
     table.add_row(f"candidates (ranks {config.range_min}-{config.range_max - 1})", str(counts["candidates"]))
@@ -153,5 +101,5 @@ def main(args: list[str]) -> None:
     table.add_row(f"queries with < {config.num_negatives} negatives", f"{short} ({'dropped' if options.drop_short else 'kept'})")
     table.add_row("rows written", str(len(rows)))
     table.add_row("negatives per query: mean / min", f"{sum(per_query) / len(per_query):.2f} / {min(per_query)}")
-    table.add_row("time: load + embed / mine / total", f"{embedded - started:.1f}s / {finished - embedded:.1f}s / {finished - started:.1f}s")
-    stdout.print(table)
+    table.add_row("time: " + " / ".join(timings), " / ".join(f"{seconds:.1f}s" for seconds in timings.values()))
+    return table

@@ -14,14 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from embedtune.errors import ConfigError, EmbedtuneError
 from embedtune.pooling import POOLINGS
-from embedtune.tracking import check_logger
+from embedtune.training.tracking import check_logger
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
 def config_dir() -> Path:
     """The shipped `conf/` folder: inside the installed package, or beside it in a checkout."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     for candidate in (package / "conf", package.parent / "conf"):
         if (candidate / "train.yaml").is_file():
             return candidate

@@ -1,0 +1,37 @@
+"""What every command shares: the one-line error exit, the device, quiet transformers, plots."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+
+def fail(command: str, message: str) -> NoReturn:
+    """Print ``embedtune COMMAND: error: MESSAGE`` on stderr and exit with status 2."""
+    print(f"embedtune {command}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def best_device() -> str:
+    """Where a command runs its model: the GPU when there is one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def quiet_transformers() -> None:
+    """Our own progress bars replace transformers' per-file ones (weights loading, saving)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def plots_module(command: str):
+    """`embedtune.eval.plots`, or a one-line error naming the missing package (matplotlib is
+    needed only for pictures, so it is not a core dependency)."""
+    try:
+        from embedtune.eval import plots
+    except ImportError as error:
+        fail(command, f"pictures need matplotlib ({error}): pip install matplotlib")
+    return plots

@@ -1,0 +1,113 @@
+"""`embedtune train`: a Hydra app over conf/. Every run a sweep asks for is composed and validated
+before Hydra creates any folder, so a typo or a bad value costs one line and writes nothing."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+from embedtune.cli.common import fail, quiet_transformers
+from embedtune.errors import EmbedtuneError
+
+HYDRA_FLAGS_WITHOUT_VALUE = {"-m", "--multirun"}
+MAX_PREVALIDATED_SWEEP = 64
+
+
+def parse_overrides(args: list[str]):
+    """Hydra's parsed overrides, or None when the arguments hold Hydra flags we do not
+    interpret (--cfg, --info, ...), which Hydra then handles alone."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [arg for arg in args if arg not in HYDRA_FLAGS_WITHOUT_VALUE]
+    if any(arg.startswith("-") for arg in overrides):
+        return None
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def _single_runs(parsed) -> list[list[str]]:
+    """Each combination of the sweeps' values as plain overrides (the first 64)."""
+    choices = []
+    for override in parsed:
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+        choices.append([f"{override.get_key_element()}={value}" for value in values])
+    combinations = itertools.islice(itertools.product(*choices), MAX_PREVALIDATED_SWEEP)
+    return [list(combination) for combination in combinations]
+
+
+def _name_sweep_runs_by_swept_keys(parsed) -> str:
+    """A Hydra override that leaves only the swept keys in each sweep run's folder name
+    (``0_loss.temperature=0.02``), not every path and setting given on the command line."""
+    fixed = ["output_dir", "run_name"] + [o.key_or_group for o in parsed if not o.is_sweep_override()]
+    return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(sorted(set(fixed)))}]"
+
+
+def check_overrides(parsed) -> None:
+    """Compose and validate the config for every run the arguments ask for, before Hydra
+    creates any folder, so a typo or a bad value costs one clear line and writes nothing."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from embedtune.training.config import config_dir, validate
+
+    for overrides in _single_runs(parsed):
+        try:
+            with initialize_config_dir(str(config_dir()), version_base="1.3"):
+                cfg = compose("train", overrides=overrides)
+        except Exception as error:  # ConfigCompositionException and friends
+            fail("train", _hydra_message(error))
+        finally:
+            GlobalHydra.instance().clear()
+        try:
+            validate(cfg)
+        except EmbedtuneError as error:
+            fail("train", str(error))
+
+
+def _hydra_message(error: Exception) -> str:
+    """Hydra's multi-line composition errors, folded to one line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        reason = str(cause).splitlines()[0].strip()
+        if not any(reason in line for line in lines):
+            lines.append(f"({reason})")
+    message = " ".join(lines).split(" Config search path:")[0]  # drop Hydra's search-path dump
+    return message or type(error).__name__
+
+
+def main(args: list[str]) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from embedtune.training.config import config_dir
+
+    try:
+        parsed = parse_overrides(args)
+    except Exception as error:  # hydra's OverrideParseException
+        fail("train", f"cannot parse overrides: {str(error).splitlines()[0]}")
+    if parsed is not None:
+        check_overrides(parsed)
+        if HYDRA_FLAGS_WITHOUT_VALUE.intersection(args):
+            args = [*args, _name_sweep_runs_by_swept_keys(parsed)]
+
+    from embedtune.console import launch_rank
+
+    if launch_rank() > 0:  # under `accelerate launch` every rank runs Hydra on the same output_dir:
+        args = [*args, "hydra.output_subdir=null", "hydra/job_logging=none"]  # only rank 0 writes .hydra/ and train.log
+
+    @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
+    def hydra_train(cfg) -> float | None:
+        from embedtune.eval.tasks import sweep_objective
+        from embedtune.training.run import run
+
+        try:
+            result = run(cfg, HydraConfig.get().runtime.output_dir)
+        except EmbedtuneError as error:
+            fail("train", str(error))
+        except KeyboardInterrupt:  # train.run saved a resumable state and said where
+            raise SystemExit(130) from None
+        return sweep_objective(result["after"])  # what a sweeper maximises, as `report` ranks
+
+    quiet_transformers()
+    sys.argv = ["embedtune train", *args]
+    hydra_train()

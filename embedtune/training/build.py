@@ -1,0 +1,257 @@
+"""Set-up of a training run, in named phases: data, model, loss, loader, optimiser, schedule.
+
+This is the only place that reads the composed config; what it builds (`TrainingSetup`) holds
+plain objects and numbers, so the loop, the step and the log never see a `DictConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from transformers import get_scheduler
+
+from embedtune.data.collate import PairCollator
+from embedtune.data.sampler import ShuffledBatchSampler
+from embedtune.data.types import TrainEvalData
+from embedtune.errors import ConfigError, DataError
+from embedtune.losses.matryoshka import Matryoshka
+from embedtune.lora import apply_lora
+from embedtune.model import Embedder, load_embedder
+from embedtune.training import checkpoint, tracking
+from embedtune.training.config import instantiate_group
+from embedtune.training.distributed import CrossDevice, check_launch, freeze_unused_pooler
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How one optimizer step runs (`embedtune.training.step`)."""
+
+    gradcache: bool
+    mini_batch_size: int
+    max_grad_norm: float
+    mixed_precision: str
+    on_nonfinite: str  # stop | skip
+    accumulation_steps: int
+    temperature_range: tuple[float, float] | None  # a learnable tau is clamped into [min, max]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What happens between steps: logging, held-out evaluation, saves."""
+
+    total_steps: int
+    steps_per_epoch: int
+    log_every: int
+    eval_every: int | None  # held-out curve in eval_log.jsonl
+    eval_before: bool
+    eval_batch_size: int
+    model_every: int | None  # a loadable model in checkpoints/step-N (for merging)
+    state_every: int | None  # the resumable state in state/step-N
+    keep_last_states: int | None
+    collapse_warn_below: float
+
+
+@dataclass
+class TrainingSetup:
+    """Everything a run needs, built and prepared for the accelerator."""
+
+    accelerator: Accelerator
+    data: TrainEvalData
+    model: torch.nn.Module  # the prepared (possibly DDP-wrapped) Embedder
+    loss_fn: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: DataLoader
+    sampler: ShuffledBatchSampler | None  # None for a stream
+    step: StepSettings
+    schedule: Schedule
+    output_dir: Path
+    resume_from: Path | None
+    resolved_config: str  # config.yaml
+    tracker: str | None  # an Accelerate tracker name, None for none
+    tracker_config: dict
+    batch_size: int
+    negatives_per_query: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def unwrapped_model(self) -> Embedder:
+        return self.accelerator.unwrap_model(self.model)
+
+
+def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
+    """Every phase of the set-up, in order; raises `ConfigError` / `DataError` before training."""
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        log_with=None if cfg.logger == "none" else cfg.logger,  # a second sink beside train_log.jsonl
+        project_dir=output_dir,
+    )
+    set_seed(cfg.seed)
+    check_launch(accelerator.num_processes)
+    data = build_data(cfg)
+    model = build_model(cfg, data)
+    loss_fn = build_loss(cfg, model)
+    if cfg.negatives.cross_device and accelerator.num_processes > 1:  # every process's batch becomes negatives
+        loss_fn = CrossDevice(loss_fn)
+    check_data(data, cfg, accelerator.num_processes)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    model, optimizer, loader, sampler, steps_per_epoch = build_loader(cfg, data, model, optimizer, accelerator)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+    # Stepped once per optimizer step by the loop (not prepared: Accelerate would step it per process).
+    scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.train.warmup_ratio * total_steps), num_training_steps=total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    return TrainingSetup(
+        accelerator=accelerator, data=data, model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+        loader=loader, sampler=sampler, step=step_settings(cfg), schedule=schedule(cfg, total_steps, steps_per_epoch),
+        output_dir=output_dir, resume_from=checkpoint.find(cfg.resume, output_dir),
+        resolved_config=OmegaConf.to_yaml(cfg, resolve=True), tracker=None if cfg.logger == "none" else cfg.logger,
+        tracker_config=tracking.hyperparameters(cfg) if cfg.logger != "none" else {},
+        batch_size=cfg.batch.size, negatives_per_query=cfg.negatives.per_query,
+    )  # fmt: skip
+
+
+def build_data(cfg: DictConfig) -> TrainEvalData:
+    """The data preset's pairs and held-out set; a prompt preset (prompt=qwen3, prompt=e5) fills
+    the prompts the data does not set itself."""
+    data: TrainEvalData = instantiate_group(cfg.data, "data")
+    return dataclasses.replace(data, query_prompt=data.query_prompt or cfg.prompt.query, document_prompt=data.document_prompt or cfg.prompt.document)
+
+
+def build_model(cfg: DictConfig, data: TrainEvalData) -> Embedder:
+    """The backbone with its pooling and prompts, and the memory and adapter options."""
+    backbone = cfg.backbone
+    model = load_embedder(
+        backbone.path,
+        pooling=cfg.pooling.mode,
+        max_length=backbone.max_length,
+        prompts={"query": data.query_prompt, "document": data.document_prompt},
+        dtype=backbone.dtype,
+        padding_side=backbone.padding_side,
+        attn_implementation=backbone.attn_implementation,
+        bidirectional=backbone.bidirectional,
+    )
+    if backbone.gradient_checkpointing:  # recompute activations in backward: less memory, more compute
+        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:  # train low-rank adapters only; final/ is saved merged
+        model.backbone = apply_lora(model.backbone, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
+    freeze_unused_pooler(model)  # never gets a gradient; DDP would wait for it forever
+    return model
+
+
+def build_loss(cfg: DictConfig, model: Embedder):
+    """The configured loss, wrapped in Matryoshka when ``mrl.dims`` is set; registers the
+    learnable scalars it needs (temperature, sigmoid bias) on the model."""
+    loss_fn = instantiate_group(cfg.loss, "loss")
+    model.add_loss_params(getattr(loss_fn, "initial_params", dict)())
+    if cfg.temperature.learnable:
+        if not hasattr(loss_fn, "temperature"):
+            raise ConfigError(f"temperature=learnable: loss {type(loss_fn).__name__} has no temperature")
+        model.add_loss_params({"logit_scale": math.log(1 / loss_fn.temperature)})
+    if cfg.mrl.dims:
+        too_large = [dim for dim in cfg.mrl.dims if dim > model.dim]
+        if too_large:
+            raise ConfigError(f"mrl.dims: {too_large[0]} is larger than the embedding ({model.dim} dims)")
+        try:
+            loss_fn = Matryoshka(loss_fn, list(cfg.mrl.dims), list(cfg.mrl.weights or []))
+        except ValueError as error:
+            raise ConfigError(f"mrl: {error}") from None
+        model.matryoshka_dims = sorted(cfg.mrl.dims, reverse=True)
+    return loss_fn
+
+
+def check_data(data: TrainEvalData, cfg: DictConfig, num_processes: int) -> None:
+    """A stream needs a step count; a list needs enough pairs for one full batch of every
+    process, and enough hard negatives on every pair."""
+    if data.stream is not None:
+        if cfg.train.max_steps is None:
+            raise ConfigError("data=stream: a stream has no end, set train.max_steps")
+        return
+    global_batch, negatives_per_query = cfg.batch.size * num_processes, cfg.negatives.per_query
+    if len(data.train) < global_batch:
+        raise ConfigError(f"batch.size needs {global_batch} training pairs per step; {data.source or 'the data'} has {len(data.train)}")
+    short = [index for index, pair in enumerate(data.train) if len(pair.negatives) < negatives_per_query]
+    if short:
+        first = data.train[short[0]]
+        raise DataError(
+            f"{data.source or 'data'}: {len(short)} pair(s) have fewer than negatives.per_query={negatives_per_query} "
+            f"hard negatives (first: query {first.query!r:.60} has {len(first.negatives)}); lower negatives.per_query or mine more"
+        )
+
+
+def build_loader(cfg: DictConfig, data: TrainEvalData, model: Embedder, optimizer, accelerator: Accelerator):
+    """The batches, and the model and optimizer prepared with them: ``(model, optimizer, loader,
+    sampler, steps_per_epoch)``. A stream already yields one global batch per item, sharded by
+    rank, so Accelerate does not split it; a list goes through the no-duplicates sampler."""
+    collate = PairCollator(
+        model.tokenizer,
+        query_max_length=cfg.train.query_max_length,
+        document_max_length=cfg.backbone.max_length,
+        negatives_per_query=cfg.negatives.per_query,
+        query_prompt=data.query_prompt,
+        document_prompt=data.document_prompt,
+    )
+    # Its own generator: starting an epoch's iterator then draws no number from the global RNG,
+    # so dropout masks do not depend on where a run was resumed.
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if data.stream is not None:
+        stream = dataclasses.replace(data.stream, batch_size=cfg.batch.size, seed=cfg.seed, rank=accelerator.process_index,
+                                     world_size=accelerator.num_processes, negatives_per_query=cfg.negatives.per_query)  # fmt: skip
+        model, optimizer = accelerator.prepare(model, optimizer)
+        loader = DataLoader(stream, batch_size=None, collate_fn=collate, num_workers=0, generator=generator)
+        return model, optimizer, loader, None, cfg.train.max_steps
+    sampler = ShuffledBatchSampler(data.train, cfg.batch.size, cfg.seed, cfg.negatives.per_query, cfg.batch.no_duplicates)
+    loader = DataLoader(data.train, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.train.num_workers, generator=generator)
+    if len(sampler) < accelerator.num_processes * cfg.train.gradient_accumulation_steps:
+        raise DataError(
+            f"{data.source or 'data'}: cannot form a full step of batches of {cfg.batch.size} pairs without repeating a text "
+            f"({sampler.skipped_last_epoch} of {len(data.train)} pairs left over; hard negatives that are other pairs' positives do this). "
+            "Lower batch.size, use fewer negatives.per_query, or set batch.no_duplicates=false"
+        )
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    return model, optimizer, loader, sampler, max(1, len(loader) // cfg.train.gradient_accumulation_steps)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices only, never biases, norms or the loss's scalars."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def step_settings(cfg: DictConfig) -> StepSettings:
+    return StepSettings(
+        gradcache=cfg.batch.gradcache,
+        mini_batch_size=cfg.batch.mini_batch_size,
+        max_grad_norm=cfg.train.max_grad_norm,
+        mixed_precision=cfg.train.mixed_precision,
+        on_nonfinite=cfg.train.on_nonfinite,
+        accumulation_steps=cfg.train.gradient_accumulation_steps,
+        temperature_range=(cfg.temperature.min, cfg.temperature.max) if cfg.temperature.learnable else None,
+    )
+
+
+def schedule(cfg: DictConfig, total_steps: int, steps_per_epoch: int) -> Schedule:
+    return Schedule(
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        log_every=cfg.train.log_every,
+        eval_every=cfg.eval.every_n_steps,
+        eval_before=cfg.eval.before,
+        eval_batch_size=cfg.eval.batch_size,
+        model_every=cfg.train.save_every,
+        state_every=cfg.checkpoint.every_n_steps,
+        keep_last_states=cfg.checkpoint.keep_last,
+        collapse_warn_below=cfg.collapse.warn_below,
+    )

@@ -1,0 +1,171 @@
+"""The training recipe, top to bottom: build from config, start or resume, train, finish.
+
+One Accelerate loop serves one CPU, one GPU or many processes (``accelerate launch``); only the
+main process writes logs and models. The set-up lives in `embedtune.training.build`, one step in
+`embedtune.training.step`, the logs in `embedtune.training.run_log`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from embedtune.console import console, progress_bar, stdout
+from embedtune.eval.held_out import evaluate_held_out
+from embedtune.eval.tables import comparison_table
+from embedtune.eval.tasks import TASK_TITLES, task_of
+from embedtune.fileio import write_text_atomic
+from embedtune.training import checkpoint
+from embedtune.training.build import TrainingSetup, build
+from embedtune.training.checkpoint import TrainerState
+from embedtune.training.config import validate
+from embedtune.training.run_log import RunLog
+from embedtune.training.step import train_step
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> dict:
+    """Train as ``cfg`` says and write everything under ``output_dir``.
+
+    Returns ``{"before": metrics | None, "after": metrics | None, "steps": n}``.
+    """
+    validate(cfg)
+    setup = build(cfg, Path(output_dir))
+    log = RunLog(setup)
+    state = start_or_resume(setup, log)
+    total_steps = setup.schedule.total_steps
+    setup.model.train()
+    try:
+        with progress_bar("training", total_steps, enabled=setup.is_main, status=True) as advance, stop_requests() as stop_requested:
+            advance(state.step)
+            for batch in batches_until_done(setup, state):
+                micro = train_step(setup, batch, state)  # forward, backward; the update when gradients sync
+                if not micro.finite:
+                    continue
+                log.add(state, micro)
+                if not micro.stepped:
+                    continue
+                setup.scheduler.step()
+                state.step += 1
+                advance(status=log.step_done(state, setup.scheduler.get_last_lr()[0], setup.unwrapped_model().loss_params, total_steps))
+                between_steps(setup, state, log, stop_requested())  # the eval curve, saves, Ctrl-C
+    finally:
+        log.close()
+    return finish(setup, state, log)
+
+
+def start_or_resume(setup: TrainingSetup, log: RunLog) -> TrainerState:
+    """A fresh state (after scoring the starting model), or exactly where a saved state stopped:
+    weights, optimizer, RNG, data position and the open logging window."""
+    if setup.tracker:
+        setup.accelerator.init_trackers("embedtune", config=setup.tracker_config)
+    if setup.resume_from is None:
+        state = TrainerState(before=evaluate(setup) if setup.schedule.eval_before else None)
+        log.begin(0, resumed=False)
+        log.eval_point(0, state.before)
+    else:
+        state = checkpoint.load(setup.accelerator, setup.resume_from)
+        if setup.sampler is None:  # a stream: each item is one global batch
+            setup.loader.dataset.start_batch = state.batches_in_epoch
+        else:
+            setup.sampler.set_epoch(state.epoch)
+            setup.sampler.skip(state.batches_in_epoch * setup.accelerator.num_processes)  # the plan counts every process's batches
+            setup.loader.set_epoch(state.epoch)
+        log.begin(state.step, resumed=True)
+    if setup.is_main:
+        write_text_atomic(setup.output_dir / "config.yaml", setup.resolved_config)
+        console.print(describe(setup) + (f" (resumed at step {state.step} from {setup.resume_from})" if setup.resume_from else ""))
+    return state
+
+
+def describe(setup: TrainingSetup) -> str:
+    """The run in one line: data, steps, batch, processes, negatives, where it writes."""
+    data = setup.data
+    pairs = f"{len(data.train)} pairs" if data.stream is None else "streaming"
+    return (
+        f"[bold]embedtune train[/]: {pairs} from {data.source or 'data'}, {setup.schedule.total_steps} steps x {setup.batch_size} pairs "
+        f"x {setup.accelerator.num_processes} process(es), {setup.negatives_per_query} hard negative(s)/query -> {setup.output_dir}"
+    )
+
+
+def batches_until_done(setup: TrainingSetup, state: TrainerState) -> Iterator[dict]:
+    """The loader's batches, epoch after epoch, until ``total_steps`` optimizer steps are done;
+    ``state`` tracks the epoch and the batches consumed in it (the resume position)."""
+    while state.step < setup.schedule.total_steps:
+        for batch in setup.loader:
+            state.batches_in_epoch += 1
+            yield batch
+            if state.step >= setup.schedule.total_steps:
+                return
+        state.epoch += 1  # the loader is exhausted: the next pass is a new epoch
+        state.batches_in_epoch = 0
+
+
+def between_steps(setup: TrainingSetup, state: TrainerState, log: RunLog, stop_requested: bool) -> None:
+    """After an optimizer step and before the next: the held-out curve, model snapshots for
+    merging, the resumable state, and a Ctrl-C's save-and-stop. The last step does none of
+    these (`finish` saves and evaluates the final model)."""
+    step, schedule = state.step, setup.schedule
+    if step >= schedule.total_steps:
+        return
+    if schedule.eval_every and step % schedule.eval_every == 0:
+        log.eval_point(step, evaluate(setup, show_progress=False))
+    if setup.is_main and schedule.model_every and step % schedule.model_every == 0:
+        setup.unwrapped_model().save(setup.output_dir / "checkpoints" / f"step-{step:05d}")
+    if schedule.state_every and step % schedule.state_every == 0:
+        checkpoint.save(setup.accelerator, setup.output_dir, state, schedule.keep_last_states)
+    if stop_requested:
+        folder = checkpoint.save(setup.accelerator, setup.output_dir, state, schedule.keep_last_states)
+        console.print(f"[bold]interrupted[/] after step {step}: state saved to {folder}; continue with resume=auto")
+        raise KeyboardInterrupt
+
+
+def finish(setup: TrainingSetup, state: TrainerState, log: RunLog) -> dict:
+    """Save the final model, score it on the held-out set, and write and show the comparison."""
+    accelerator, total_steps = setup.accelerator, setup.schedule.total_steps
+    accelerator.wait_for_everyone()
+    if setup.is_main:
+        setup.unwrapped_model().save(setup.output_dir / "final")
+    after = evaluate(setup)
+    log.eval_point(total_steps, after)
+    accelerator.end_training()
+    result = {"before": state.before, "after": after, "steps": total_steps}
+    if setup.is_main and setup.data.eval is not None:
+        write_text_atomic(setup.output_dir / "eval.json", json.dumps({"data": setup.data.eval.name, **result}, indent=2) + "\n")
+        stdout.print(comparison_table(f"held-out {TASK_TITLES[task_of(after)]}: {setup.data.eval.name}", state.before, after))
+        console.print(f"model saved to [bold]{setup.output_dir / 'final'}[/]")
+    return result
+
+
+def evaluate(setup: TrainingSetup, show_progress: bool = True) -> dict | None:
+    """Held-out metrics of the current model (retrieval or STS), on the main process only."""
+    if setup.data.eval is None or not setup.is_main:
+        return None
+    return evaluate_held_out(setup.unwrapped_model(), setup.data.eval, setup.schedule.eval_batch_size, show_progress=show_progress)
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C during training: the first one asks the loop to stop after the current step (then
+    a consistent, resumable state is saved); a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested = []
+
+    def on_sigint(signum, frame) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        console.print("[bold]Ctrl-C[/]: stopping after this step to save a resumable state (Ctrl-C again aborts now)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
