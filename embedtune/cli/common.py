@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import NoReturn
 
@@ -35,3 +36,8 @@ def plots_module(command: str):
     except ImportError as error:
         fail(command, f"pictures need matplotlib ({error}): pip install matplotlib")
     return plots
+
+
+def command_parser(command: str, description: str, examples: str | None = None) -> argparse.ArgumentParser:
+    """The flag parser of ``embedtune COMMAND``, with its examples shown as written after the flags."""
+    return argparse.ArgumentParser(prog=f"embedtune {command}", description=description, epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,16 +3,15 @@ set or from a BEIR folder split by query."""
 
 from __future__ import annotations
 
-import argparse
 
-from embedtune.cli.common import fail
+from embedtune.cli.common import command_parser, fail
 from embedtune.errors import EmbedtuneError
 
 
 def main(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="embedtune data",
-        description="Write a training set and a held-out set as files for `embedtune mine` and `embedtune train "
+    parser = command_parser(
+        "data",
+        "Write a training set and a held-out set as files for `embedtune mine` and `embedtune train "
         "data=files`: OUT/train.jsonl (query, positive, negatives) and OUT/eval/ (a BEIR folder, split 'test'). "
         "By default from the embedded data set (Python standard library: docstring summary -> function source, "
         "held out by package); with --beir, from your own retrieval set, held out by query.",

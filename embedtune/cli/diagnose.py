@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from embedtune.cli.common import best_device, fail, plots_module, quiet_transformers
+from embedtune.cli.common import command_parser, best_device, fail, plots_module, quiet_transformers
 from embedtune.errors import EmbedtuneError
 
 DIAGNOSE_EXAMPLES = """examples:
@@ -26,14 +26,13 @@ verdicts (thresholds in embedtune/eval/diagnostics.py):
 def parse_args(args: list[str]) -> argparse.Namespace:
     from embedtune.eval import diagnostics
 
-    parser = argparse.ArgumentParser(
-        prog="embedtune diagnose",
-        description="Geometry of each model's embedding space on each data set: alignment and uniformity (Wang & Isola "
+    parser = command_parser(
+        "diagnose",
+        "Geometry of each model's embedding space on each data set: alignment and uniformity (Wang & Isola "
         "2020), the spread of the dimensions (collapse), the average cosine of random pairs (anisotropy) and the gap "
         "between positive and random pairs, with a verdict in plain words. Positive pairs: a pairs file's rows, a BEIR "
         "folder's judged pairs, an STS file's top-quarter pairs by gold score.",
-        epilog=DIAGNOSE_EXAMPLES.format(**vars(diagnostics)),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        DIAGNOSE_EXAMPLES.format(**vars(diagnostics)),
     )
     parser.add_argument("--model", required=True, nargs="+", help="model folder(s) or packaged name; the first is drawn as the base in plots")
     parser.add_argument("--data", required=True, nargs="+", help="pairs file(s), BEIR folder(s) or STS file(s)")

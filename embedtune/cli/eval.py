@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from embedtune.cli.common import best_device, fail, plots_module, quiet_transformers
+from embedtune.cli.common import command_parser, best_device, fail, plots_module, quiet_transformers
 from embedtune.errors import EmbedtuneError
 
 EVAL_EXAMPLES = """examples:
@@ -20,17 +20,16 @@ ROW_KEYS = ("data", "name", "task", "model", "dim")  # what identifies an eval r
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="embedtune eval",
-        description="Quality of one or several models on one or several data sets, each evaluated as what it is. A BEIR "
+    parser = command_parser(
+        "eval",
+        "Quality of one or several models on one or several data sets, each evaluated as what it is. A BEIR "
         "folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or a pairs file (query, positive) is a retrieval task: "
         "nDCG@10, MRR@10, MAP@100, Recall@1/10/100. Scored sentence pairs (the STS-B .csv/.tsv layout, or columns "
         "sentence1, sentence2, score) are an STS task: Spearman and Pearson correlation of cosine with the gold score. "
         "--probe FILE (labelled texts) trains a logistic regression on each model's frozen embeddings and reports its test "
         "accuracy, clean and with Gaussian noise of each --probe-noise sigma added to the embeddings: how robustly the "
         "classes are linearly separable.",
-        epilog=EVAL_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EVAL_EXAMPLES,
     )
     parser.add_argument("--model", required=True, nargs="+", help="model folder(s) or packaged name (all-MiniLM-L6-v2)")
     parser.add_argument("--data", nargs="+", default=[], help="BEIR folder(s), pairs file(s), STS file(s)")

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from embedtune.cli.common import best_device, fail, quiet_transformers
+from embedtune.cli.common import command_parser, best_device, fail, quiet_transformers
 from embedtune.console import stdout
 from embedtune.errors import EmbedtuneError
 
@@ -22,12 +22,12 @@ MINING_OPTIONS = ("num_negatives", "range_min", "range_max", "sampling", "max_sc
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="embedtune mine",
-        description="Mine hard negatives for each (query, positive) pair with a model: exact cosine search over a corpus, "
+    parser = command_parser(
+        "mine",
+        "Mine hard negatives for each (query, positive) pair with a model: exact cosine search over a corpus, "
         "candidates from a rank window, false negatives filtered (the query's positives, a score cap, anything scoring "
         "near or above the positive), then the best or a random sample kept. Writes jsonl for `embedtune train data=files`.",
-        epilog="Example: embedtune mine --model runs/sft/final --data train.jsonl --corpus beir/scifact/corpus.jsonl "
+        "Example: embedtune mine --model runs/sft/final --data train.jsonl --corpus beir/scifact/corpus.jsonl "
         "--range-min 5 --relative-margin 0.05 --out train-mined.jsonl",
     )
     parser.add_argument("--model", required=True, help="model folder or packaged name (all-MiniLM-L6-v2)")

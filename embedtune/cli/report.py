@@ -3,11 +3,10 @@ held-out headline metric."""
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
-from embedtune.cli.common import fail, plots_module
+from embedtune.cli.common import command_parser, fail, plots_module
 from embedtune.errors import EmbedtuneError
 from embedtune.fileio import read_json
 from embedtune.eval.tasks import SWEEP_METRICS, TASK_TITLES, task_of
@@ -17,14 +16,13 @@ SWEEP_RUN = re.compile(r"^\d+_(?P<overrides>.+)$")  # Hydra's <job number>_<over
 
 
 def main(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="embedtune report",
-        description="Pictures and tables of a training run: training curves (loss, lr, pairs/s, embedding std, "
+    parser = command_parser(
+        "report",
+        "Pictures and tables of a training run: training curves (loss, lr, pairs/s, embedding std, "
         "similarity gap vs step) from RUN_DIR/train_log.jsonl. For a sweep folder (runs/<x>-sweep/, one subfolder per "
         f"run with eval.json): the runs as a table sorted by the held-out {' or '.join(SWEEP_METRICS)} after training, "
         "the best run named, and that metric against the swept value.",
-        epilog="examples:\n  embedtune report runs/sft\n  embedtune report runs/sft-sweep",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "examples:\n  embedtune report runs/sft\n  embedtune report runs/sft-sweep",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (train_log.jsonl) or a sweep folder")
     parser.add_argument("--out-dir", default=None, help="where the PNGs go (default: RUN_DIR)")

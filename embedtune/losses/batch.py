@@ -48,9 +48,9 @@ def check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
-def split_documents(documents: Tensor, batch: BatchInfo, loss_name: str, minimum: int = 1) -> tuple[Tensor, Tensor]:
+def split_documents(documents: Tensor, info: BatchInfo, loss_name: str, minimum: int = 1) -> tuple[Tensor, Tensor]:
     """(positives (batch, dim), hard negatives (batch, k, dim)) from the documents layout."""
-    size, k = batch.query_ids.shape[0], batch.negatives_per_query
+    size, k = info.query_ids.shape[0], info.negatives_per_query
     if k < minimum:
         raise ConfigError(f"loss {loss_name} needs at least {minimum} hard negative(s) per query: set negatives.per_query >= {minimum} and give the data a negatives column")
     return documents[:size], documents[size:].reshape(size, k, -1)

@@ -13,9 +13,9 @@ from torch import Tensor
 from embedtune.losses.batch import BatchInfo, check_temperature, inverse_temperature, require, split_documents
 
 
-def _candidate_scores(queries: Tensor, documents: Tensor, batch: BatchInfo, loss_name: str) -> Tensor:
+def _candidate_scores(queries: Tensor, documents: Tensor, info: BatchInfo, loss_name: str) -> Tensor:
     """Student cosine scores of each query's own candidates: (batch, 1 + k), positive first."""
-    positives, negatives = split_documents(documents, batch, loss_name)
+    positives, negatives = split_documents(documents, info, loss_name)
     candidates = torch.cat([positives.unsqueeze(1), negatives], dim=1)  # (b, 1 + k, dim)
     return (queries.unsqueeze(1) * candidates).sum(-1)
 
@@ -33,9 +33,9 @@ class MarginMSE:
     Inputs: >= 1 hard negative per query and teacher scores (positive, then negatives) per row.
     """
 
-    def __call__(self, queries: Tensor, documents: Tensor, batch: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
-        student = _candidate_scores(queries, documents, batch, "margin_mse")  # (b, 1 + k)
-        teacher = require(batch.teacher_scores, "margin_mse", "teacher scores (positive_score and negative_scores columns)")
+    def __call__(self, queries: Tensor, documents: Tensor, info: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
+        student = _candidate_scores(queries, documents, info, "margin_mse")  # (b, 1 + k)
+        teacher = require(info.teacher_scores, "margin_mse", "teacher scores (positive_score and negative_scores columns)")
         student_margin = student[:, :1] - student[:, 1:]
         teacher_margin = teacher[:, :1] - teacher[:, 1:]
         return F.mse_loss(student_margin, teacher_margin.to(student_margin.dtype))
@@ -63,8 +63,8 @@ class KLDistill:
         check_temperature(self.temperature)
         check_temperature(self.teacher_temperature)
 
-    def __call__(self, queries: Tensor, documents: Tensor, batch: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
-        student = _candidate_scores(queries, documents, batch, "kl_distill") * inverse_temperature(self.temperature, params)
-        teacher = require(batch.teacher_scores, "kl_distill", "teacher scores (positive_score and negative_scores columns)")
+    def __call__(self, queries: Tensor, documents: Tensor, info: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
+        student = _candidate_scores(queries, documents, info, "kl_distill") * inverse_temperature(self.temperature, params)
+        teacher = require(info.teacher_scores, "kl_distill", "teacher scores (positive_score and negative_scores columns)")
         teacher_log_probs = F.log_softmax(teacher.to(student.dtype) / self.teacher_temperature, dim=-1)
         return F.kl_div(F.log_softmax(student, dim=-1), teacher_log_probs, log_target=True, reduction="batchmean")

@@ -44,7 +44,7 @@ class InfoNCE:
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
 
-    def __call__(self, queries: Tensor, documents: Tensor, batch: BatchInfo | None = None, params: Mapping[str, Tensor] = {}) -> Tensor:
+    def __call__(self, queries: Tensor, documents: Tensor, info: BatchInfo | None = None, params: Mapping[str, Tensor] = {}) -> Tensor:
         size = queries.shape[0]
         labels = torch.arange(size, device=queries.device)
         scores = queries @ documents.T * inverse_temperature(self.temperature, params)  # (batch, batch * (1 + k))

@@ -38,8 +38,8 @@ class Matryoshka:
         if len(self.weights) != len(self.dims):
             raise ValueError(f"weights must have one value per dim ({len(self.dims)}), got {len(self.weights)}")
 
-    def __call__(self, queries: Tensor, documents: Tensor, batch: BatchInfo | None = None, params: Mapping[str, Tensor] = {}) -> Tensor:
+    def __call__(self, queries: Tensor, documents: Tensor, info: BatchInfo | None = None, params: Mapping[str, Tensor] = {}) -> Tensor:
         total = 0.0
         for dim, weight in zip(self.dims, self.weights):
-            total = total + weight * self.loss(F.normalize(queries[:, :dim], dim=-1), F.normalize(documents[:, :dim], dim=-1), batch, params)
+            total = total + weight * self.loss(F.normalize(queries[:, :dim], dim=-1), F.normalize(documents[:, :dim], dim=-1), info, params)
         return total

@@ -46,7 +46,7 @@ class Qwen3Loss:
         mask_false_negatives: apply the mask m (otherwise every m = 1).
 
     Inputs: ``queries`` (batch, dim), ``documents`` (batch * (1 + k), dim), positives first, then
-    the k hard negatives of each query in query order; ``batch`` gives the text ids.
+    the k hard negatives of each query in query order; ``info`` gives the text ids.
     """
 
     temperature: float = 0.05
@@ -60,8 +60,8 @@ class Qwen3Loss:
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
 
-    def __call__(self, queries: Tensor, documents: Tensor, batch: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
-        size, k, device = queries.shape[0], batch.negatives_per_query, queries.device
+    def __call__(self, queries: Tensor, documents: Tensor, info: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
+        size, k, device = queries.shape[0], info.negatives_per_query, queries.device
         scale = inverse_temperature(self.temperature, params)
         positives = documents[:size]
         rows = torch.arange(size, device=device)
@@ -73,7 +73,7 @@ class Qwen3Loss:
         positive_score = query_doc[rows, rows].unsqueeze(1)  # (batch, 1)
         own = owner.unsqueeze(0) == rows.unsqueeze(1)  # (batch, n_docs): query i's positive and negatives
         the_positive = own & is_positive.unsqueeze(0)
-        same_text_as_positive = batch.document_ids.unsqueeze(0) == batch.document_ids[:size].unsqueeze(1)
+        same_text_as_positive = info.document_ids.unsqueeze(0) == info.document_ids[:size].unsqueeze(1)
 
         def keep(scores: Tensor, duplicate: Tensor) -> Tensor:
             if not self.mask_false_negatives:
@@ -90,7 +90,7 @@ class Qwen3Loss:
             term_masks.append(~own & keep(query_doc, same_text_as_positive))
         if self.query_query:
             query_query = queries @ queries.T  # (batch, batch)
-            same_query = batch.query_ids.unsqueeze(0) == batch.query_ids.unsqueeze(1)
+            same_query = info.query_ids.unsqueeze(0) == info.query_ids.unsqueeze(1)
             terms.append(query_query)
             term_masks.append(~torch.eye(size, dtype=torch.bool, device=device) & keep(query_query, same_query))
         if self.document_document:

@@ -36,8 +36,8 @@ class CoSENT:
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
 
-    def __call__(self, queries: Tensor, documents: Tensor, batch: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
-        gold = require(batch.scores, "cosent", SCORES)
+    def __call__(self, queries: Tensor, documents: Tensor, info: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
+        gold = require(info.scores, "cosent", SCORES)
         cosines = _pair_cosines(queries, documents) * inverse_temperature(self.temperature, params)
         differences = cosines.unsqueeze(0) - cosines.unsqueeze(1)  # [i, j] = cos_j - cos_i
         ordered = gold.unsqueeze(1) > gold.unsqueeze(0)  # [i, j]: y_i > y_j
@@ -61,7 +61,7 @@ class CosineRegression:
         if not self.score_max > self.score_min:
             raise ValueError(f"score_max must be > score_min, got {self.score_min}..{self.score_max}")
 
-    def __call__(self, queries: Tensor, documents: Tensor, batch: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
-        gold = require(batch.scores, "cosine", SCORES)
+    def __call__(self, queries: Tensor, documents: Tensor, info: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
+        gold = require(info.scores, "cosine", SCORES)
         target = (gold - self.score_min) / (self.score_max - self.score_min)
         return F.mse_loss(_pair_cosines(queries, documents), target.to(queries.dtype))

@@ -44,7 +44,7 @@ class SigmoidLoss:
     def initial_params(self) -> dict[str, float]:
         return {"sigmoid_bias": self.bias_init}
 
-    def __call__(self, queries: Tensor, documents: Tensor, batch: BatchInfo | None = None, params: Mapping[str, Tensor] = {}) -> Tensor:
+    def __call__(self, queries: Tensor, documents: Tensor, info: BatchInfo | None = None, params: Mapping[str, Tensor] = {}) -> Tensor:
         size = queries.shape[0]
         bias = params["sigmoid_bias"] if "sigmoid_bias" in params else self.bias_init
         logits = queries @ documents.T * inverse_temperature(self.temperature, params) + bias  # (b, n_docs)

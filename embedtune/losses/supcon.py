@@ -24,7 +24,7 @@ class SupConLoss:
     Hard negatives have no label and only ever appear in denominators. Without a label column
     each pair is its own class, which reduces to a symmetric in-batch InfoNCE over both views.
 
-    Inputs: ``batch.labels`` (batch,) from the data's label column (data.label_column).
+    Inputs: ``info.labels`` (batch,) from the data's label column (data.label_column).
     """
 
     temperature: float = 0.1
@@ -32,9 +32,9 @@ class SupConLoss:
     def __post_init__(self) -> None:
         check_temperature(self.temperature)
 
-    def __call__(self, queries: Tensor, documents: Tensor, batch: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
+    def __call__(self, queries: Tensor, documents: Tensor, info: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
         size = queries.shape[0]
-        labels = batch.labels if batch.labels is not None else torch.arange(size, device=queries.device)
+        labels = info.labels if info.labels is not None else torch.arange(size, device=queries.device)
         views = torch.cat([queries, documents[:size]])  # (2b, dim)
         view_labels = torch.cat([labels, labels])
         candidates = torch.cat([views, documents[size:]])  # (2b + b*k, dim)

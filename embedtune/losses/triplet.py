@@ -41,8 +41,8 @@ class TripletLoss:
             return 1 - (a * b).sum(-1)
         return (a - b).norm(dim=-1)
 
-    def __call__(self, queries: Tensor, documents: Tensor, batch: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
-        positives, negatives = split_documents(documents, batch, "triplet")  # (b, dim), (b, k, dim)
+    def __call__(self, queries: Tensor, documents: Tensor, info: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
+        positives, negatives = split_documents(documents, info, "triplet")  # (b, dim), (b, k, dim)
         positive_distance = self._distance(queries, positives).unsqueeze(1)  # (b, 1)
         negative_distance = self._distance(queries.unsqueeze(1), negatives)  # (b, k)
         return torch.relu(positive_distance - negative_distance + self.margin).mean()

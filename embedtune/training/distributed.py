@@ -168,7 +168,7 @@ def gather_batch(queries: Tensor, documents: Tensor, info: BatchInfo) -> tuple[T
 class CrossDevice:
     """Wrap a loss so it is computed over the batches of all processes (cross-device negatives).
 
-    Called like any loss, ``loss(queries, documents, batch, params)``, with this process's
+    Called like any loss, ``loss(queries, documents, info, params)``, with this process's
     embeddings; gathers them with `gather_batch` and returns the wrapped loss of the global
     batch, the same value on every rank. No rescaling: see the module docstring for why the
     factor is 1 under DDP's gradient averaging. Wrap outside Matryoshka, so the full embedding
@@ -177,6 +177,6 @@ class CrossDevice:
 
     loss: Callable
 
-    def __call__(self, queries: Tensor, documents: Tensor, batch: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
-        queries, documents, batch = gather_batch(queries, documents, batch)
-        return self.loss(queries, documents, batch, params)
+    def __call__(self, queries: Tensor, documents: Tensor, info: BatchInfo, params: Mapping[str, Tensor] = {}) -> Tensor:
+        queries, documents, info = gather_batch(queries, documents, info)
+        return self.loss(queries, documents, info, params)
