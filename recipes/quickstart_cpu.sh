@@ -18,14 +18,14 @@ echo "== 3. mine: 3 hard negatives per query with the pretrained model, false ne
 embedtune mine --model "$WORK/pretrain/final" --data "$WORK/data/train.jsonl" --out "$WORK/mined.jsonl" \
     --num-negatives 3 --range-min 1 --range-max 50 --margin 0.02 --drop-short
 
-echo "== 4. sft: from the pretrained model, mined negatives, a checkpoint halfway for merging"
+echo "== 4. sft: from the pretrained model, mined negatives, a model saved halfway for merging"
 embedtune train stage=sft data=files data.train="$WORK/mined.jsonl" data.eval="$WORK/data/eval" \
     backbone=hf backbone.path="$WORK/pretrain/final" backbone.max_length=128 negatives.per_query=1 \
-    train.save_every=16 eval.before=false output_dir="$WORK/sft"
+    save.model_every_n_steps=16 eval.before=false output_dir="$WORK/sft"
 
-echo "== 5. merge: SLERP of the halfway checkpoint and the final SFT model"
-embedtune merge --slerp "$WORK/sft/checkpoints/step-00016" "$WORK/sft/final" --t 0.5 --out "$WORK/merged"
+echo "== 5. merge: SLERP of the halfway model and the final SFT model"
+embedtune merge --slerp "$WORK/sft/models/step-00016" "$WORK/sft/final" --t 0.5 --out "$WORK/merged"
 
 echo "== 6. eval: every stage on the held-out packages"
-embedtune eval --model all-MiniLM-L6-v2 "$WORK/pretrain/final" "$WORK/sft/checkpoints/step-00016" "$WORK/sft/final" "$WORK/merged" \
+embedtune eval --model all-MiniLM-L6-v2 "$WORK/pretrain/final" "$WORK/sft/models/step-00016" "$WORK/sft/final" "$WORK/merged" \
     --data "$WORK/data/eval" --out "$WORK/eval.json"

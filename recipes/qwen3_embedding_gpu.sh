@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Qwen3-Embedding recipe on GPUs with a real decoder backbone (Qwen3-0.6B class):
-#   weakly-supervised pre-training -> hard-negative mining -> SFT with checkpoints -> SLERP merge -> eval.
+#   weakly-supervised pre-training -> hard-negative mining -> SFT with saved models -> SLERP merge -> eval.
 #
 # Usage: bash recipes/qwen3_embedding_gpu.sh [WORK_DIR]          (default: runs/qwen3)
 # Set the inputs through the environment (every path is yours; nothing is downloaded at run time):
@@ -30,7 +30,7 @@ if [ "${PRETRAIN:-1}" = 1 ]; then
     "${LAUNCH[@]}" train stage=pretrain "${DECODER[@]}" backbone.path="$MODEL" \
         data=stream "data.sources=[{path: '$WEAK_PAIRS', weight: 1}]" data.eval="$EVAL" \
         batch.size=1024 batch.gradcache=true batch.mini_batch_size=64 train.lr=1e-4 train.max_steps=2000 \
-        train.warmup_ratio=0.05 checkpoint.every_n_steps=200 eval.every_n_steps=500 resume=auto \
+        train.warmup_ratio=0.05 save.state_every_n_steps=200 eval.every_n_steps=500 resume=auto \
         logger=tensorboard output_dir="$WORK/pretrain"
     SFT_FROM=$WORK/pretrain/final
 fi
@@ -43,11 +43,11 @@ echo "== 3. sft: Qwen3's loss (query-query and document-document terms, false-ne
 "${LAUNCH[@]}" train stage=sft "${DECODER[@]}" backbone.path="$SFT_FROM" loss=qwen3 \
     data=files data.train="$WORK/mined.jsonl" data.eval="$EVAL" negatives.per_query=7 \
     batch.size=64 batch.gradcache=true batch.mini_batch_size=64 train.lr=2e-5 train.epochs=1 \
-    train.save_every=100 checkpoint.every_n_steps=100 eval.every_n_steps=100 resume=auto \
+    save.model_every_n_steps=100 save.state_every_n_steps=100 eval.every_n_steps=100 resume=auto \
     logger=tensorboard output_dir="$WORK/sft"
 
-echo "== 4. merge: the spherical mean of the last three SFT checkpoints and the final model"
-mapfile -t CHECKPOINTS < <(ls -d "$WORK"/sft/checkpoints/step-* | tail -3)
+echo "== 4. merge: the spherical mean of the last three saved SFT models and the final model"
+mapfile -t CHECKPOINTS < <(ls -d "$WORK"/sft/models/step-* | tail -3)
 embedtune merge --slerp "${CHECKPOINTS[@]}" "$WORK/sft/final" --out "$WORK/merged"
 
 echo "== 5. eval: every stage on the held-out set, side by side"

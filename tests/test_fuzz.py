@@ -52,7 +52,7 @@ def test_random_rows_load_or_fail_with_one_line_naming_the_row(tmp_path, file_li
         assert (pair.query, pair.positive) == (row["query"], row["positive"])
 
 
-OPTIONS = ["batch.size", "train.lr", "train.epochs", "train.max_steps", "train.warmup_ratio", "loss.temperature", "negatives.per_query", "mrl.dims", "train.mixed_precision", "checkpoint.every_n_steps", "pooling.mode"]
+OPTIONS = ["batch.size", "train.lr", "train.epochs", "train.max_steps", "train.warmup_ratio", "loss.temperature", "negatives.per_query", "mrl.dims", "train.mixed_precision", "save.state_every_n_steps", "pooling.mode"]
 values = st.one_of(st.integers(-3, 3), st.floats(-1, 1, allow_nan=False), st.sampled_from(["abc", "null", "[1,2]", "[]", "true", "bf16", "mean"]))
 
 

@@ -35,8 +35,8 @@ def recorded_calls(recipe: Path, tmp_path: Path) -> list[list[str]]:
         stub.write_text(RECORDER.format(python=sys.executable))
         stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
     work = tmp_path / "work"
-    for step in (100, 200, 300, 400):  # checkpoints a recipe may list for merging
-        (work / "sft" / "checkpoints" / f"step-{step:05d}").mkdir(parents=True)
+    for step in (100, 200, 300, 400):  # saved models a recipe may list for merging
+        (work / "sft" / "models" / f"step-{step:05d}").mkdir(parents=True)
     record = tmp_path / "calls.jsonl"
     env = {**os.environ, **ENVIRONMENT, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RECORD": str(record)}
     result = subprocess.run(["bash", str(recipe), str(work)], cwd=recipe.parents[1], env=env, capture_output=True, text=True, timeout=120)

@@ -30,7 +30,7 @@ def pairs(tmp_path_factory):
 def train_args(model_dir, pairs, out, *extra):
     return [
         "train", "data=files", f"data.train={pairs}", f"backbone.path={model_dir}", "backbone.max_length=16",
-        "batch.size=8", "train.epochs=8", "train.log_every=1", "checkpoint.every_n_steps=4", "checkpoint.keep_last=null",
+        "batch.size=8", "train.epochs=8", "train.log_every=1", "save.state_every_n_steps=4", "save.keep_last_states=null",
         "eval.before=false", f"output_dir={out}", *extra,
     ]  # fmt: skip  -- 48 pairs / 8 = 6 steps per epoch, 48 steps over 8 epochs: resume crosses epochs
 

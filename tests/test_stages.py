@@ -32,14 +32,14 @@ def test_pretrain_mine_sft_merge_eval_chain(tiny_bert_dir, tmp_path):
     # repeating texts, and training says so instead of looping
     refused = embedtune("train", "stage=sft", f"data.train={tmp_path / 'mined.jsonl'}", f"backbone.path={tiny_bert_dir}", "negatives.per_query=2", "batch.size=8", *common, f"output_dir={tmp_path / 'refused'}")
     assert refused.returncode == 2 and "without repeating a text" in refused.stderr
-    succeeds("train", "stage=sft", "batch.no_duplicates=false", f"data.train={tmp_path / 'mined.jsonl'}", "backbone=hf", f"backbone.path={tmp_path / 'pretrain' / 'final'}", "negatives.per_query=2", "batch.size=8", "train.max_steps=4", "train.save_every=2", *common, f"output_dir={sft}")
-    assert (sft / "checkpoints" / "step-00002").is_dir()
+    succeeds("train", "stage=sft", "batch.no_duplicates=false", f"data.train={tmp_path / 'mined.jsonl'}", "backbone=hf", f"backbone.path={tmp_path / 'pretrain' / 'final'}", "negatives.per_query=2", "batch.size=8", "train.max_steps=4", "save.model_every_n_steps=2", *common, f"output_dir={sft}")
+    assert (sft / "models" / "step-00002").is_dir()
     pretrained, tuned = load_embedder(str(tmp_path / "pretrain" / "final")), load_embedder(str(sft / "final"))
     assert tuned.max_length == 24 and not all(
         (a == b).all() for a, b in zip(pretrained.backbone.parameters(), tuned.backbone.parameters())
     ), "sft started from the pretrained model and changed it"
 
-    succeeds("merge", "--slerp", str(sft / "checkpoints" / "step-00002"), str(sft / "final"), "--t", "0.5", "--out", str(tmp_path / "merged"))
+    succeeds("merge", "--slerp", str(sft / "models" / "step-00002"), str(sft / "final"), "--t", "0.5", "--out", str(tmp_path / "merged"))
     report = succeeds("eval", "--model", str(tmp_path / "pretrain" / "final"), str(sft / "final"), str(tmp_path / "merged"), "--data", str(pairs), "--out", str(tmp_path / "eval.json"))
     rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
     assert len(rows) == 3 and all(0 <= row["ndcg@10"] <= 1 for row in rows)

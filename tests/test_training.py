@@ -32,8 +32,10 @@ import math  # noqa: E402
 
 import pytest  # noqa: E402
 
-from embedtune.training.config import config_dir as _config_dir  # noqa: E402
+from embedtune.errors import ConfigError  # noqa: E402
 from embedtune.model import load_embedder  # noqa: E402
+from embedtune.training.config import config_dir as _config_dir  # noqa: E402
+from embedtune.training.config import validate  # noqa: E402
 
 LOSSES = sorted(p.stem for p in (_config_dir() / "loss").glob("*.yaml"))
 
@@ -115,8 +117,24 @@ def test_gradcache_run_through_the_loop(tiny_bert_dir, rich_pairs, tmp_path):
     assert [r["step"] for r in records][-1] == 2 and all(math.isfinite(r["loss"]) for r in records)
 
 
-def test_save_every_writes_loadable_checkpoints_for_merging(tiny_bert_dir, rich_pairs, tmp_path):
-    run(compose_tiny(tiny_bert_dir, rich_pairs, "train.max_steps=3", "train.save_every=1"), tmp_path)
-    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert checkpoints == ["step-00001", "step-00002"]  # the last step is final/
-    assert load_embedder(str(tmp_path / "checkpoints" / "step-00002")).max_length == 16
+def test_model_every_n_steps_writes_loadable_models_for_merging(tiny_bert_dir, rich_pairs, tmp_path):
+    run(compose_tiny(tiny_bert_dir, rich_pairs, "train.max_steps=3", "save.model_every_n_steps=1"), tmp_path)
+    models = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert models == ["step-00001", "step-00002"]  # the last step is final/
+    assert load_embedder(str(tmp_path / "models" / "step-00002")).max_length == 16
+
+
+def test_renamed_save_keys_still_work_with_a_one_line_notice(tiny_bert_dir, rich_pairs, tmp_path, capsys):
+    cfg = compose_tiny(tiny_bert_dir, rich_pairs, "train.max_steps=3", "train.save_every=1", "checkpoint.every_n_steps=2", "checkpoint.keep_last=1")
+    run(cfg, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["step-00001", "step-00002"]
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["step-00002"]
+    err = " ".join(capsys.readouterr().err.split())
+    for old, new in (("train.save_every", "save.model_every_n_steps=1"), ("checkpoint.every_n_steps", "save.state_every_n_steps=2"), ("checkpoint.keep_last", "save.keep_last_states=1")):
+        assert f"{old} is deprecated: use {new}" in err
+
+
+def test_old_and_new_name_of_one_key_set_to_different_values_is_refused(tiny_bert_dir, rich_pairs):
+    cfg = compose_tiny(tiny_bert_dir, rich_pairs, "train.save_every=1", "save.model_every_n_steps=2")
+    with pytest.raises(ConfigError, match="train.save_every is the old name of save.model_every_n_steps"):
+        validate(cfg)

@@ -53,7 +53,7 @@ class Schedule:
     eval_every: int | None  # held-out curve in eval_log.jsonl
     eval_before: bool
     eval_batch_size: int
-    model_every: int | None  # a loadable model in checkpoints/step-N (for merging)
+    model_every: int | None  # a loadable model in models/step-N (for merging)
     state_every: int | None  # the resumable state in state/step-N
     keep_last_states: int | None
     collapse_warn_below: float
@@ -250,8 +250,8 @@ def schedule(cfg: DictConfig, total_steps: int, steps_per_epoch: int) -> Schedul
         eval_every=cfg.eval.every_n_steps,
         eval_before=cfg.eval.before,
         eval_batch_size=cfg.eval.batch_size,
-        model_every=cfg.train.save_every,
-        state_every=cfg.checkpoint.every_n_steps,
-        keep_last_states=cfg.checkpoint.keep_last,
+        model_every=cfg.save.model_every_n_steps,
+        state_every=cfg.save.state_every_n_steps,
+        keep_last_states=cfg.save.keep_last_states,
         collapse_warn_below=cfg.collapse.warn_below,
     )

@@ -41,8 +41,36 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# Keys renamed so that their names say what they write: old key -> new key. Users' configs and
+# scripts still set the old ones; `apply_renamed_keys` moves their values with a notice.
+RENAMED_KEYS = {
+    "train.save_every": "save.model_every_n_steps",
+    "checkpoint.every_n_steps": "save.state_every_n_steps",
+    "checkpoint.keep_last": "save.keep_last_states",
+}
+
+
+def apply_renamed_keys(cfg: DictConfig) -> list[str]:
+    """Move the values set under renamed keys to their new names; return one deprecation notice
+    per key moved. An old key is set when it is not null (its default)."""
+    notices, shipped = [], None
+    for old, new in RENAMED_KEYS.items():
+        value = OmegaConf.select(cfg, old)
+        if value is None:
+            continue
+        shipped = shipped or OmegaConf.load(config_dir() / "train.yaml")
+        current = OmegaConf.select(cfg, new)
+        if current not in (value, OmegaConf.select(shipped, new)):  # the new key was set too, to something else
+            raise ConfigError(f"{old} is the old name of {new}: set only {new} (got {old}={value}, {new}={current})")
+        OmegaConf.update(cfg, new, value)
+        OmegaConf.update(cfg, old, None)
+        notices.append(f"{old} is deprecated: use {new}={value} (it means the same)")
+    return notices
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every value the training run depends on; raise `ConfigError` naming the first bad one."""
+    apply_renamed_keys(cfg)
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as error:  # omegaconf's MissingMandatoryValue / InterpolationResolutionError
@@ -67,11 +95,10 @@ def validate(cfg: DictConfig) -> None:
     _require(_is_int(train.query_max_length) and train.query_max_length >= 1, "train.query_max_length", "an integer >= 1", train.query_max_length)
     _require(_is_int(train.log_every) and train.log_every >= 1, "train.log_every", "an integer >= 1", train.log_every)
     _require(train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "stop or skip", train.on_nonfinite)
-    every, keep = cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last
-    _require(every is None or (_is_int(every) and every >= 1), "checkpoint.every_n_steps", "null or an integer >= 1", every)
-    _require(keep is None or (_is_int(keep) and keep >= 1), "checkpoint.keep_last", "null or an integer >= 1", keep)
+    for key in ("model_every_n_steps", "state_every_n_steps", "keep_last_states"):
+        value = cfg.save[key]
+        _require(value is None or (_is_int(value) and value >= 1), f"save.{key}", "null or an integer >= 1", value)
     _require(cfg.resume is None or isinstance(cfg.resume, str), "resume", "null, auto or a state folder", cfg.resume)
-    _require(train.save_every is None or (_is_int(train.save_every) and train.save_every >= 1), "train.save_every", "null or an integer >= 1", train.save_every)
     _require(_is_int(train.num_workers) and train.num_workers >= 0, "train.num_workers", "an integer >= 0", train.num_workers)
     _require(_is_int(cfg.negatives.per_query) and cfg.negatives.per_query >= 0, "negatives.per_query", "an integer >= 0", cfg.negatives.per_query)
     _require(isinstance(cfg.negatives.cross_device, bool), "negatives.cross_device", "true or false", cfg.negatives.cross_device)

@@ -24,7 +24,7 @@ from embedtune.fileio import write_text_atomic
 from embedtune.training import checkpoint
 from embedtune.training.build import TrainingSetup, build
 from embedtune.training.checkpoint import TrainerState
-from embedtune.training.config import validate
+from embedtune.training.config import apply_renamed_keys, validate
 from embedtune.training.run_log import RunLog
 from embedtune.training.step import train_step
 
@@ -34,6 +34,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
 
     Returns ``{"before": metrics | None, "after": metrics | None, "steps": n}``.
     """
+    for notice in apply_renamed_keys(cfg):
+        console.print(f"[bold yellow]warning:[/] {notice}")
     validate(cfg)
     setup = build(cfg, Path(output_dir))
     log = RunLog(setup)
@@ -116,7 +118,7 @@ def between_steps(setup: TrainingSetup, state: TrainerState, log: RunLog, stop_r
     if schedule.eval_every and step % schedule.eval_every == 0:
         log.eval_point(step, evaluate(setup, show_progress=False))
     if setup.is_main and schedule.model_every and step % schedule.model_every == 0:
-        setup.unwrapped_model().save(setup.output_dir / "checkpoints" / f"step-{step:05d}")
+        setup.unwrapped_model().save(setup.output_dir / "models" / f"step-{step:05d}")
     if schedule.state_every and step % schedule.state_every == 0:
         checkpoint.save(setup.accelerator, setup.output_dir, state, schedule.keep_last_states)
     if stop_requested:
