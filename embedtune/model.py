@@ -142,10 +142,9 @@ def _with_closing_token(state: dict | None, eos: str, eos_id: int) -> dict:
 
 
 # What one more forward pass costs, in padded tokens, when `length_chunks` weighs splitting a
-# batch against padding it. On a CPU a forward pass costs about its token count plus a fixed
-# part (the embedding gradient, a few hundred small kernels): ~128 tokens' worth for
-# all-MiniLM-L6-v2 on 2 cores (scripts/bench.py). An accelerator processes thousands of tokens
-# for the price of one kernel launch, so there the batch is split only when padding is extreme.
+# batch against padding it: on a CPU a pass costs its token count plus a fixed part (a few
+# hundred small kernels; scripts/bench.py); an accelerator processes thousands of tokens for
+# the price of one kernel launch, so there a batch is split only when padding is extreme.
 CHUNK_OVERHEAD_TOKENS = {"cpu": 128}
 ACCELERATOR_CHUNK_OVERHEAD_TOKENS = 8192
 

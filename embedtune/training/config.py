@@ -1,7 +1,8 @@
-"""The only place that reads a composed config: value checks and building objects from groups.
+"""Checks of a composed training config, and building objects from its groups.
 
-Hydra's struct mode already rejects unknown keys; this module rejects bad values with a message
-that names the option, before anything is loaded or written.
+Hydra's struct mode already rejects unknown keys; `validate` rejects bad values with a message
+that names the option, before anything is loaded or written. `embedtune.training.build` is the
+one place that reads the values to build a run.
 """
 
 from __future__ import annotations

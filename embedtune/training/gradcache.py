@@ -37,10 +37,10 @@ def _release_freed_memory(device: torch.device) -> None:
 
     Every length-sorted mini-batch has activations of another shape, and glibc's per-thread
     arenas reuse such freed blocks poorly: over the mini-batches of one large batch, the
-    process's resident memory crept up (peak RSS of all-MiniLM-L6-v2 at batch 256 was 1.40x that
-    at batch 32, against 1.23x with trimming; scripts/bench.py measures batch 1024), which is the
-    very memory GradCache exists to save. ``malloc_trim`` takes a few milliseconds against
-    seconds per mini-batch. GPUs have their own caching allocator, which does not fragment so.
+    process's resident memory creeps up, which is the very memory GradCache exists to save
+    (``scripts/bench.py --only gradcache`` measures peak memory against batch size).
+    ``malloc_trim`` costs little beside a mini-batch's forward pass. GPUs have their own caching
+    allocator, which does not fragment so.
     """
     if _malloc_trim is not None and device.type == "cpu":
         _malloc_trim(0)
