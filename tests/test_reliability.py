@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import signal
 import time
 
@@ -17,6 +18,7 @@ from embedtune.fileio import atomic_folder
 from embedtune.losses.infonce import InfoNCE
 from embedtune.model import load_embedder
 from embedtune.training.run import run
+from embedtune.training.step import gradient_norms, nonfinite_gradients
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +101,19 @@ def test_ctrl_c_saves_a_resumable_state(tiny_bert_dir, pairs, reference_run, tmp
 
 
 class NaNAtStep:
-    """InfoNCE that returns NaN on its ``bad_call``-th call (tests only)."""
+    """InfoNCE that returns NaN on its ``bad_call``-th call and, with ``repeat_every`` n, on every
+    n-th call after it (tests only)."""
 
-    def __init__(self, bad_call: int) -> None:
-        self.calls, self.bad_call, self.inner = 0, bad_call, InfoNCE()
+    def __init__(self, bad_call: int, repeat_every: int = 0) -> None:
+        self.calls, self.bad_call, self.repeat_every, self.inner = 0, bad_call, repeat_every, InfoNCE()
         self.temperature = self.inner.temperature
 
-    def __call__(self, queries, documents, batch=None, params={}):
+    def __call__(self, queries, documents, info=None, params={}):
         self.calls += 1
-        loss = self.inner(queries, documents, batch, params)
-        return loss * float("nan") if self.calls == self.bad_call else loss
+        loss = self.inner(queries, documents, info, params)
+        after = self.calls - self.bad_call
+        bad = after == 0 or (self.repeat_every and after > 0 and after % self.repeat_every == 0)
+        return loss * float("nan") if bad else loss
 
 
 def compose_nan(model_dir, pairs, *extra):
@@ -130,6 +135,42 @@ def test_nan_loss_can_be_skipped(tiny_bert_dir, pairs, tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(math.isfinite(loss) for _, loss in losses(tmp_path))
     assert [step for step, _ in losses(tmp_path)] == [1, 2, 3, 4, 5, 6]  # the skipped batch is not a step
+
+
+def test_skipping_non_finite_steps_stops_after_a_bound_naming_the_gradient(tiny_bert_dir, pairs, tmp_path):
+    """Skipped steps are not steps: a run whose loss stays NaN would never reach train.max_steps."""
+    cfg = compose_nan(tiny_bert_dir, pairs, "train.on_nonfinite=skip", "+loss.repeat_every=1", "train.max_nonfinite_in_a_row=3")
+    with pytest.raises(EmbedtuneError) as raised:
+        run(cfg, tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "step 5: non-finite loss" in message and "3 steps in a row were non-finite (train.max_nonfinite_in_a_row=3)" in message
+    assert re.search(r"non-finite gradient in (\d+) of \1 parameter tensors, nearest the output: backbone\.encoder\.layer\.1\.", message), message
+    assert not (tmp_path / "final").exists()
+
+
+def test_a_finite_step_resets_the_count_of_non_finite_steps_in_a_row(tiny_bert_dir, pairs, tmp_path):
+    """NaN at calls 3 and 5 (a finite step between them): a bound of 2 in a row is never reached;
+    a bound of 1 stops at the first."""
+    run(compose_nan(tiny_bert_dir, pairs, "train.on_nonfinite=skip", "loss.bad_call=3", "+loss.repeat_every=2", "train.max_steps=4", "train.max_nonfinite_in_a_row=2"), tmp_path / "two")
+    assert [step for step, _ in losses(tmp_path / "two")] == [1, 2, 3, 4]
+    with pytest.raises(EmbedtuneError, match=r"step 3: .*1 steps in a row were non-finite"):
+        run(compose_nan(tiny_bert_dir, pairs, "train.on_nonfinite=skip", "loss.bad_call=3", "train.max_nonfinite_in_a_row=1"), tmp_path / "one")
+
+
+def test_non_finite_gradients_are_named_nearest_the_output_first():
+    """Backward meets the last layer first: a NaN that starts there spreads to the layers below."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    for index, layer in enumerate(model):
+        layer.weight.grad = torch.full_like(layer.weight, float("nan") if index < 2 else 1.0)
+        layer.bias.grad = torch.zeros_like(layer.bias)
+    names, norms = gradient_norms(model)
+    assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "2.bias"]
+    assert torch.allclose(norms[4], torch.tensor(3**0.5))
+    assert nonfinite_gradients(names, norms) == "non-finite gradient in 2 of 6 parameter tensors, nearest the output: 1.weight"
+    model[1].weight.grad.fill_(0.5)
+    model[0].weight.grad.fill_(0.5)
+    assert nonfinite_gradients(*gradient_norms(model)) == "every gradient finite"
 
 
 def test_resume_from_a_folder_that_is_not_a_state_is_a_clear_error(tiny_bert_dir, pairs, tmp_path):

@@ -41,3 +41,11 @@ def plots_module(command: str):
 def command_parser(command: str, description: str, examples: str | None = None) -> argparse.ArgumentParser:
     """The flag parser of ``embedtune COMMAND``, with its examples shown as written after the flags."""
     return argparse.ArgumentParser(prog=f"embedtune {command}", description=description, epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_data_set_flags(parser: argparse.ArgumentParser) -> None:
+    """How `eval` and `diagnose` read a data set: the qrels split of a BEIR folder, the columns
+    of a pairs file."""
+    parser.add_argument("--split", default="test", help="qrels split of a BEIR folder (default: test)")
+    parser.add_argument("--query-column", default="query", help="column of the queries in a pairs file (default: query)")
+    parser.add_argument("--positive-column", default="positive", help="column of the positives in a pairs file (default: positive)")

@@ -8,9 +8,15 @@ import json
 import re
 from pathlib import Path
 
-from embedtune.cli.common import command_parser, best_device, fail, plots_module, quiet_transformers
+from embedtune.cli.common import add_data_set_flags, command_parser, best_device, fail, plots_module, quiet_transformers
 from embedtune.errors import EmbedtuneError
 
+DESCRIPTION = (
+    "Geometry of each model's embedding space on each data set: alignment and uniformity (Wang & Isola "
+    "2020), the spread of the dimensions (collapse), the average cosine of random pairs (anisotropy) and the gap "
+    "between positive and random pairs, with a verdict in plain words. Positive pairs: a pairs file's rows, a BEIR "
+    "folder's judged pairs, an STS file's top-quarter pairs by gold score."
+)
 DIAGNOSE_EXAMPLES = """examples:
   embedtune diagnose --model all-MiniLM-L6-v2 runs/sft/final --data stsb/sts-dev.csv --plots
   embedtune diagnose --model runs/sft/final --data train.jsonl beir/scifact --split train --out-dir diag/
@@ -26,19 +32,10 @@ verdicts (thresholds in embedtune/eval/diagnostics.py):
 def parse_args(args: list[str]) -> argparse.Namespace:
     from embedtune.eval import diagnostics
 
-    parser = command_parser(
-        "diagnose",
-        "Geometry of each model's embedding space on each data set: alignment and uniformity (Wang & Isola "
-        "2020), the spread of the dimensions (collapse), the average cosine of random pairs (anisotropy) and the gap "
-        "between positive and random pairs, with a verdict in plain words. Positive pairs: a pairs file's rows, a BEIR "
-        "folder's judged pairs, an STS file's top-quarter pairs by gold score.",
-        DIAGNOSE_EXAMPLES.format(**vars(diagnostics)),
-    )
+    parser = command_parser("diagnose", DESCRIPTION, DIAGNOSE_EXAMPLES.format(**vars(diagnostics)))
     parser.add_argument("--model", required=True, nargs="+", help="model folder(s) or packaged name; the first is drawn as the base in plots")
     parser.add_argument("--data", required=True, nargs="+", help="pairs file(s), BEIR folder(s) or STS file(s)")
-    parser.add_argument("--split", default="test", help="qrels split of a BEIR folder (default: test)")
-    parser.add_argument("--query-column", default="query")
-    parser.add_argument("--positive-column", default="positive")
+    add_data_set_flags(parser)
     parser.add_argument("--label-column", default=None, help="colour the PCA plot by this column of a pairs file")
     parser.add_argument("--max-pairs", type=int, default=1000, help="positive pairs per data set, sampled (default: 1000)")
     parser.add_argument("--seed", type=int, default=0, help="for sampling the pairs")

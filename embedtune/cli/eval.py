@@ -6,9 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from embedtune.cli.common import command_parser, best_device, fail, plots_module, quiet_transformers
+from embedtune.cli.common import add_data_set_flags, command_parser, best_device, fail, plots_module, quiet_transformers
 from embedtune.errors import EmbedtuneError
 
+DESCRIPTION = (
+    "Quality of one or several models on one or several data sets, each evaluated as what it is. A BEIR "
+    "folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or a pairs file (query, positive) is a retrieval task: "
+    "nDCG@10, MRR@10, MAP@100, Recall@1/10/100. Scored sentence pairs (the STS-B .csv/.tsv layout, or columns "
+    "sentence1, sentence2, score) are an STS task: Spearman and Pearson correlation of cosine with the gold score. "
+    "--probe FILE (labelled texts) trains a logistic regression on each model's frozen embeddings and reports its test "
+    "accuracy, clean and with Gaussian noise of each --probe-noise sigma added to the embeddings: how robustly the "
+    "classes are linearly separable."
+)
 EVAL_EXAMPLES = """examples:
   embedtune eval --model all-MiniLM-L6-v2 runs/sft/final --data beir/scifact --split train
   embedtune eval --model runs/mrl/final --data stsb/sts-dev.csv held-out.jsonl --dims 384 256 128 64 --plot dims.png
@@ -20,22 +29,10 @@ ROW_KEYS = ("data", "name", "task", "model", "dim")  # what identifies an eval r
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
-    parser = command_parser(
-        "eval",
-        "Quality of one or several models on one or several data sets, each evaluated as what it is. A BEIR "
-        "folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or a pairs file (query, positive) is a retrieval task: "
-        "nDCG@10, MRR@10, MAP@100, Recall@1/10/100. Scored sentence pairs (the STS-B .csv/.tsv layout, or columns "
-        "sentence1, sentence2, score) are an STS task: Spearman and Pearson correlation of cosine with the gold score. "
-        "--probe FILE (labelled texts) trains a logistic regression on each model's frozen embeddings and reports its test "
-        "accuracy, clean and with Gaussian noise of each --probe-noise sigma added to the embeddings: how robustly the "
-        "classes are linearly separable.",
-        EVAL_EXAMPLES,
-    )
+    parser = command_parser("eval", DESCRIPTION, EVAL_EXAMPLES)
     parser.add_argument("--model", required=True, nargs="+", help="model folder(s) or packaged name (all-MiniLM-L6-v2)")
     parser.add_argument("--data", nargs="+", default=[], help="BEIR folder(s), pairs file(s), STS file(s)")
-    parser.add_argument("--split", default="test", help="qrels split of a BEIR folder (default: test)")
-    parser.add_argument("--query-column", default="query")
-    parser.add_argument("--positive-column", default="positive")
+    add_data_set_flags(parser)
     parser.add_argument("--query-prompt", default=None, help="text prepended to queries (default: the model's saved prompt)")
     parser.add_argument("--pooling", default=None, help="override the model's pooling (mean, cls, max, last_token)")
     parser.add_argument("--max-length", type=int, default=None, help="override the model's max tokens")

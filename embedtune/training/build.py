@@ -1,4 +1,4 @@
-"""Set-up of a training run, in named phases: data, model, loss, loader, optimiser, schedule.
+"""Set-up of a training run, in named phases: data, model, loss, loader, optimiser, lr schedule.
 
 This is the only place that reads the composed config; what it builds (`TrainingSetup`) holds
 plain objects and numbers, so the loop, the step and the log never see a `DictConfig`.
@@ -31,32 +31,29 @@ from embedtune.training.distributed import CrossDevice, check_launch, freeze_unu
 
 
 @dataclass(frozen=True)
-class StepSettings:
-    """How one optimizer step runs (`embedtune.training.step`)."""
-
-    gradcache: bool
-    mini_batch_size: int
-    max_grad_norm: float
-    mixed_precision: str
-    on_nonfinite: str  # stop | skip
-    accumulation_steps: int
-    temperature_range: tuple[float, float] | None  # a learnable tau is clamped into [min, max]
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """What happens between steps: logging, held-out evaluation, saves."""
+class Settings:
+    """The numbers and switches that the loop, the step and the log read from the config."""
 
     total_steps: int
     steps_per_epoch: int
+    # one optimizer step (embedtune.training.step)
+    gradcache: bool
+    mini_batch_size: int
+    accumulation_steps: int
+    max_grad_norm: float
+    mixed_precision: str
+    on_nonfinite: str  # stop | skip
+    max_nonfinite_in_a_row: int  # skip: stop after this many non-finite steps in a row
+    temperature_range: tuple[float, float] | None  # a learnable tau is clamped into [min, max]
+    # between steps (embedtune.training.run, embedtune.training.run_log)
     log_every: int
-    eval_every: int | None  # held-out curve in eval_log.jsonl
+    collapse_warn_below: float
     eval_before: bool
+    eval_every: int | None  # held-out curve in eval_log.jsonl
     eval_batch_size: int
     model_every: int | None  # a loadable model in models/step-N (for merging)
     state_every: int | None  # the resumable state in state/step-N
     keep_last_states: int | None
-    collapse_warn_below: float
 
 
 @dataclass
@@ -71,8 +68,7 @@ class TrainingSetup:
     scheduler: object
     loader: DataLoader
     sampler: ShuffledBatchSampler | None  # None for a stream
-    step: StepSettings
-    schedule: Schedule
+    settings: Settings
     output_dir: Path
     resume_from: Path | None
     resolved_config: str  # config.yaml
@@ -114,7 +110,7 @@ def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
     accelerator.register_for_checkpointing(scheduler)
     return TrainingSetup(
         accelerator=accelerator, data=data, model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-        loader=loader, sampler=sampler, step=step_settings(cfg), schedule=schedule(cfg, total_steps, steps_per_epoch),
+        loader=loader, sampler=sampler, settings=settings(cfg, total_steps, steps_per_epoch),
         output_dir=output_dir, resume_from=checkpoint.find(cfg.resume, output_dir),
         resolved_config=OmegaConf.to_yaml(cfg, resolve=True), tracker=None if cfg.logger == "none" else cfg.logger,
         tracker_config=tracking.hyperparameters(cfg) if cfg.logger != "none" else {},
@@ -230,28 +226,15 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def step_settings(cfg: DictConfig) -> StepSettings:
-    return StepSettings(
-        gradcache=cfg.batch.gradcache,
-        mini_batch_size=cfg.batch.mini_batch_size,
-        max_grad_norm=cfg.train.max_grad_norm,
-        mixed_precision=cfg.train.mixed_precision,
-        on_nonfinite=cfg.train.on_nonfinite,
-        accumulation_steps=cfg.train.gradient_accumulation_steps,
+def settings(cfg: DictConfig, total_steps: int, steps_per_epoch: int) -> Settings:
+    batch, train, evaluation, save = cfg.batch, cfg.train, cfg.eval, cfg.save
+    return Settings(
+        total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+        gradcache=batch.gradcache, mini_batch_size=batch.mini_batch_size, accumulation_steps=train.gradient_accumulation_steps,
+        max_grad_norm=train.max_grad_norm, mixed_precision=train.mixed_precision,
+        on_nonfinite=train.on_nonfinite, max_nonfinite_in_a_row=train.max_nonfinite_in_a_row,
         temperature_range=(cfg.temperature.min, cfg.temperature.max) if cfg.temperature.learnable else None,
-    )
-
-
-def schedule(cfg: DictConfig, total_steps: int, steps_per_epoch: int) -> Schedule:
-    return Schedule(
-        total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch,
-        log_every=cfg.train.log_every,
-        eval_every=cfg.eval.every_n_steps,
-        eval_before=cfg.eval.before,
-        eval_batch_size=cfg.eval.batch_size,
-        model_every=cfg.save.model_every_n_steps,
-        state_every=cfg.save.state_every_n_steps,
-        keep_last_states=cfg.save.keep_last_states,
-        collapse_warn_below=cfg.collapse.warn_below,
-    )
+        log_every=train.log_every, collapse_warn_below=cfg.collapse.warn_below,
+        eval_before=evaluation.before, eval_every=evaluation.every_n_steps, eval_batch_size=evaluation.batch_size,
+        model_every=save.model_every_n_steps, state_every=save.state_every_n_steps, keep_last_states=save.keep_last_states,
+    )  # fmt: skip

@@ -33,6 +33,7 @@ class TrainerState:
     window_geometry: list[dict] = field(default_factory=list)
     before: dict | None = None  # the starting model's eval metrics, kept for the final table
     skipped_nonfinite: int = 0  # steps dropped for a NaN/inf loss or gradient (train.on_nonfinite=skip)
+    nonfinite_in_a_row: int = 0  # of those, how many just now, one after another
 
 
 def state_dir(output_dir: Path, step: int) -> Path:

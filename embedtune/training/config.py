@@ -96,6 +96,7 @@ def validate(cfg: DictConfig) -> None:
     _require(_is_int(train.query_max_length) and train.query_max_length >= 1, "train.query_max_length", "an integer >= 1", train.query_max_length)
     _require(_is_int(train.log_every) and train.log_every >= 1, "train.log_every", "an integer >= 1", train.log_every)
     _require(train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "stop or skip", train.on_nonfinite)
+    _require(_is_int(train.max_nonfinite_in_a_row) and train.max_nonfinite_in_a_row >= 1, "train.max_nonfinite_in_a_row", "an integer >= 1", train.max_nonfinite_in_a_row)
     for key in ("model_every_n_steps", "state_every_n_steps", "keep_last_states"):
         value = cfg.save[key]
         _require(value is None or (_is_int(value) and value >= 1), f"save.{key}", "null or an integer >= 1", value)

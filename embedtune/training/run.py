@@ -40,7 +40,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     setup = build(cfg, Path(output_dir))
     log = RunLog(setup)
     state = start_or_resume(setup, log)
-    total_steps = setup.schedule.total_steps
+    total_steps = setup.settings.total_steps
     setup.model.train()
     try:
         with progress_bar("training", total_steps, enabled=setup.is_main, status=True) as advance, stop_requests() as stop_requested:
@@ -67,7 +67,7 @@ def start_or_resume(setup: TrainingSetup, log: RunLog) -> TrainerState:
     if setup.tracker:
         setup.accelerator.init_trackers("embedtune", config=setup.tracker_config)
     if setup.resume_from is None:
-        state = TrainerState(before=evaluate(setup) if setup.schedule.eval_before else None)
+        state = TrainerState(before=evaluate(setup) if setup.settings.eval_before else None)
         log.begin(0, resumed=False)
         log.eval_point(0, state.before)
     else:
@@ -90,7 +90,7 @@ def describe(setup: TrainingSetup) -> str:
     data = setup.data
     pairs = f"{len(data.train)} pairs" if data.stream is None else "streaming"
     return (
-        f"[bold]embedtune train[/]: {pairs} from {data.source or 'data'}, {setup.schedule.total_steps} steps x {setup.batch_size} pairs "
+        f"[bold]embedtune train[/]: {pairs} from {data.source or 'data'}, {setup.settings.total_steps} steps x {setup.batch_size} pairs "
         f"x {setup.accelerator.num_processes} process(es), {setup.negatives_per_query} hard negative(s)/query -> {setup.output_dir}"
     )
 
@@ -98,11 +98,11 @@ def describe(setup: TrainingSetup) -> str:
 def batches_until_done(setup: TrainingSetup, state: TrainerState) -> Iterator[dict]:
     """The loader's batches, epoch after epoch, until ``total_steps`` optimizer steps are done;
     ``state`` tracks the epoch and the batches consumed in it (the resume position)."""
-    while state.step < setup.schedule.total_steps:
+    while state.step < setup.settings.total_steps:
         for batch in setup.loader:
             state.batches_in_epoch += 1
             yield batch
-            if state.step >= setup.schedule.total_steps:
+            if state.step >= setup.settings.total_steps:
                 return
         state.epoch += 1  # the loader is exhausted: the next pass is a new epoch
         state.batches_in_epoch = 0
@@ -112,24 +112,24 @@ def between_steps(setup: TrainingSetup, state: TrainerState, log: RunLog, stop_r
     """After an optimizer step and before the next: the held-out curve, model snapshots for
     merging, the resumable state, and a Ctrl-C's save-and-stop. The last step does none of
     these (`finish` saves and evaluates the final model)."""
-    step, schedule = state.step, setup.schedule
-    if step >= schedule.total_steps:
+    step, settings = state.step, setup.settings
+    if step >= settings.total_steps:
         return
-    if schedule.eval_every and step % schedule.eval_every == 0:
+    if settings.eval_every and step % settings.eval_every == 0:
         log.eval_point(step, evaluate(setup, show_progress=False))
-    if setup.is_main and schedule.model_every and step % schedule.model_every == 0:
+    if setup.is_main and settings.model_every and step % settings.model_every == 0:
         setup.unwrapped_model().save(setup.output_dir / "models" / f"step-{step:05d}")
-    if schedule.state_every and step % schedule.state_every == 0:
-        checkpoint.save(setup.accelerator, setup.output_dir, state, schedule.keep_last_states)
+    if settings.state_every and step % settings.state_every == 0:
+        checkpoint.save(setup.accelerator, setup.output_dir, state, settings.keep_last_states)
     if stop_requested:
-        folder = checkpoint.save(setup.accelerator, setup.output_dir, state, schedule.keep_last_states)
+        folder = checkpoint.save(setup.accelerator, setup.output_dir, state, settings.keep_last_states)
         console.print(f"[bold]interrupted[/] after step {step}: state saved to {folder}; continue with resume=auto")
         raise KeyboardInterrupt
 
 
 def finish(setup: TrainingSetup, state: TrainerState, log: RunLog) -> dict:
     """Save the final model, score it on the held-out set, and write and show the comparison."""
-    accelerator, total_steps = setup.accelerator, setup.schedule.total_steps
+    accelerator, total_steps = setup.accelerator, setup.settings.total_steps
     accelerator.wait_for_everyone()
     if setup.is_main:
         setup.unwrapped_model().save(setup.output_dir / "final")
@@ -148,7 +148,7 @@ def evaluate(setup: TrainingSetup, show_progress: bool = True) -> dict | None:
     """Held-out metrics of the current model (retrieval or STS), on the main process only."""
     if setup.data.eval is None or not setup.is_main:
         return None
-    return evaluate_held_out(setup.unwrapped_model(), setup.data.eval, setup.schedule.eval_batch_size, show_progress=show_progress)
+    return evaluate_held_out(setup.unwrapped_model(), setup.data.eval, setup.settings.eval_batch_size, show_progress=show_progress)
 
 
 @contextlib.contextmanager

@@ -29,10 +29,10 @@ class RunLog:
         self.write_files = setup.is_main
         self.train_path = setup.output_dir / "train_log.jsonl"
         self.eval_path = setup.output_dir / "eval_log.jsonl"
-        self.log_every = setup.schedule.log_every
-        self.steps_per_epoch = setup.schedule.steps_per_epoch
-        self.accumulation_steps = setup.step.accumulation_steps
-        self.collapse_warn_below = setup.schedule.collapse_warn_below
+        self.log_every = setup.settings.log_every
+        self.steps_per_epoch = setup.settings.steps_per_epoch
+        self.accumulation_steps = setup.settings.accumulation_steps
+        self.collapse_warn_below = setup.settings.collapse_warn_below
         self.warned_collapse = False
         self.window_pairs, self.window_start = 0, time.perf_counter()
         self.handle = None
