@@ -57,13 +57,15 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int, prefix: str = "") -> dict[str, Tensor]:
+def tokenize(tokenizer, texts: list[str], max_length: int, prefix: str = "", padding_side: str | None = None) -> dict[str, Tensor]:
     """Tokenise exactly as sentence-transformers does: prefix prepended, truncation to
-    ``max_length``, padding to the longest text of the batch (on the tokenizer's padding side).
+    ``max_length``, padding to the longest text of the batch, on ``padding_side`` (default the
+    tokenizer's own side).
 
     Special tokens come from the tokenizer itself, including the EOS that `append_eos` installs
     for last-token pooling: truncation keeps room for them, so the EOS always fits."""
-    return tokenizer([prefix + text for text in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    side = {"padding_side": padding_side} if padding_side else {}
+    return tokenizer([prefix + text for text in texts], padding=True, truncation=True, max_length=max_length, return_tensors="pt", **side)
 
 
 def pad_batch(rows: dict[str, list[list[int]]], tokenizer) -> dict[str, Tensor]:

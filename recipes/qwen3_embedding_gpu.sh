@@ -11,6 +11,8 @@
 #   CORPUS       documents to mine negatives from (jsonl with a `text` column, or a BEIR corpus.jsonl)
 #   EVAL         a held-out BEIR folder (or pairs file) the training never sees
 #   GPUS         processes to launch (default: all visible GPUs)
+#   TRAIN_OVERRIDES  Hydra overrides appended to both training stages (they win over the recipe's),
+#                e.g. a smoke run: TRAIN_OVERRIDES="train.max_steps=3 batch.size=16 train.save_every=1"
 # Sizes are for 80 GB GPUs (H100/A100); halve batch.mini_batch_size if memory runs out.
 set -euo pipefail
 WORK=${1:-runs/qwen3}
@@ -22,6 +24,7 @@ LAUNCH=(accelerate launch --config_file recipes/accelerate/ddp.yaml --num_proces
 # left padding, Qwen3's query instruction, bf16 autocast over float32 master weights, SDPA attention.
 DECODER=(backbone=qwen3_0_6b backbone.dtype=float32 backbone.max_length=512 train.mixed_precision=bf16
          backbone.gradient_checkpointing=true negatives.cross_device=true eval.batch_size=128)
+read -ra EXTRA <<< "${TRAIN_OVERRIDES:-}"
 SFT_FROM=$MODEL
 
 if [ "${PRETRAIN:-1}" = 1 ]; then
@@ -31,7 +34,7 @@ if [ "${PRETRAIN:-1}" = 1 ]; then
         data=stream "data.sources=[{path: '$WEAK_PAIRS', weight: 1}]" data.eval="$EVAL" \
         batch.size=1024 batch.gradcache=true batch.mini_batch_size=64 train.lr=1e-4 train.max_steps=2000 \
         train.warmup_ratio=0.05 save.state_every_n_steps=200 eval.every_n_steps=500 resume=auto \
-        logger=tensorboard output_dir="$WORK/pretrain"
+        logger=tensorboard output_dir="$WORK/pretrain" "${EXTRA[@]}"
     SFT_FROM=$WORK/pretrain/final
 fi
 
@@ -44,7 +47,7 @@ echo "== 3. sft: Qwen3's loss (query-query and document-document terms, false-ne
     data=files data.train="$WORK/mined.jsonl" data.eval="$EVAL" negatives.per_query=7 \
     batch.size=64 batch.gradcache=true batch.mini_batch_size=64 train.lr=2e-5 train.epochs=1 \
     save.model_every_n_steps=100 save.state_every_n_steps=100 eval.every_n_steps=100 resume=auto \
-    logger=tensorboard output_dir="$WORK/sft"
+    logger=tensorboard output_dir="$WORK/sft" "${EXTRA[@]}"
 
 echo "== 4. merge: the spherical mean of the last three saved SFT models and the final model"
 mapfile -t CHECKPOINTS < <(ls -d "$WORK"/sft/models/step-* | tail -3)

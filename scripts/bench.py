@@ -2,7 +2,8 @@
 
     python scripts/bench.py                          # every section (about 30 min on 2 CPU cores)
     python scripts/bench.py --quick                  # smaller sizes, fewer steps (about 10 min)
-    python scripts/bench.py --only train,encode      # some sections: train,gradcache,encode,mine,merge,flops,gpu
+    python scripts/bench.py --only train,encode      # some sections: train,gradcache,encode,mine,merge,flops,gpu,gpu-decoder
+    python scripts/bench.py --only gpu-decoder --decoder-size tiny --decoder-batch 32 --decoder-mini-batch 8   # CPU smoke test
     python scripts/bench.py --json runs/bench.json   # where the JSON goes (default runs/bench.json)
 
 Prints one table (embedtune, sentence-transformers, their ratio, the target) and writes the
@@ -16,7 +17,7 @@ package for both; max length 128 tokens for queries and documents alike):
   at batch 32 and 128, on real pairs of mixed length: equal shares of stdlib (docstring summary
   -> function source), SciFact (claim -> title + abstract) and SNLI (premise -> entailed
   hypothesis), from ``--data-dir``. Both get the same batches in the same order. embedtune runs
-  its training step (``embedtune/train.py``): `PairCollator` -> `Embedder` on queries and on
+  its training step (``embedtune/training/step.py``): `PairCollator` -> `Embedder` on queries and on
   documents -> `InfoNCE` -> backward, plus the per-step `geometry` diagnostics the loop logs.
   sentence-transformers runs what ``SentenceTransformerTrainer.compute_loss`` runs:
   ``SentenceTransformerDataCollator(model.preprocess)`` -> ``MultipleNegativesRankingLoss(model)``
@@ -50,6 +51,21 @@ package for both; max length 128 tokens for queries and documents alike):
   attention over the text's own length; training = 3 x forward), as a share of this CPU's
   measured peak: a 2048 x 2048 fp32 matmul on 2 threads.
 - gpu: the train comparison at batch 128 on a CUDA device, when there is one.
+- gpu-decoder: the main use of the field, on a CUDA device: a Qwen3-0.6B-shaped decoder built in
+  code with random weights (``scripts/random_decoder.py``; hidden 1024, 28 layers, 16 heads, 8 KV
+  heads, MiniLM's tokenizer), float32 weights under bf16 autocast, gradient checkpointing,
+  GradCache batches of 1,024 pairs in mini-batches of 64, 512 tokens (queries 64), last-token
+  pooling, on the mixed real pairs. embedtune runs its step as ``embedtune/training/step.py`` does
+  (Accelerate-prepared model, `PairCollator`, `gradcache_step`, `InfoNCE`); sentence-transformers
+  loads the very same saved model and runs ``CachedMultipleNegativesRankingLoss`` (scale 20,
+  mini-batch 64) through the same Accelerator, as its trainer does. One untimed warm-up step
+  each, then ``--decoder-steps`` timed ones, one toolkit after the other (peak memory is a
+  high-water mark). Reported: pairs/s, real (unpadded) tokens/s, the share of the card's bf16
+  peak that the real tokens' training FLOPs reach (the peak is an 8192^3 bf16 matmul measured
+  on the card: ~790 TFLOP/s on this workplace's H100 and H200, against a datasheet 989), peak
+  GPU memory, and whether every gradient was finite. Targets: >= 1.3x sentence-transformers'
+  pairs/s, <= its peak memory, >= 35% of the measured peak. ``--decoder-size tiny`` runs the
+  same code on a CPU with a 2-layer decoder (a smoke test: CPU numbers mean nothing here).
 
 Threads: OMP_WAIT_POLICY=PASSIVE is set before torch loads, for both toolkits alike. With
 OpenMP's default spin-waiting, every parallel op on a CPU shared with other processes waited
@@ -68,6 +84,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import argparse
 import contextlib
 import json
+import math
 import random
 import re
 import statistics
@@ -88,13 +105,14 @@ from embedtune.eval.diagnostics import geometry
 from embedtune.training.gradcache import gradcache_step
 from embedtune.losses.infonce import InfoNCE
 from embedtune.model import load_embedder, resolve_model_path
-from embedtune.training.run import parameter_groups
+from embedtune.training.build import parameter_groups
 
 MODEL = "all-MiniLM-L6-v2"
 MAX_LENGTH = 128
+DECODER_QUERY_MAX_LENGTH = 64  # gpu-decoder: query tokens, as the reported decoder run (train.query_max_length)
 TEMPERATURE = 0.05
 LR = 2e-5
-SECTIONS = ("train", "gradcache", "encode", "mine", "merge", "flops", "gpu")
+SECTIONS = ("train", "gradcache", "encode", "mine", "merge", "flops", "gpu", "gpu-decoder")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 console = Console(stderr=True)
 
@@ -162,7 +180,7 @@ def batches(pairs: list[tuple[str, str]], size: int, count: int) -> list[list[tu
 
 
 class EmbedtuneRun:
-    """embedtune's training step, as ``embedtune/train.py`` runs it (without Accelerate, which
+    """embedtune's training step, as ``embedtune/training/step.py`` runs it (without Accelerate, which
     on one device only calls ``loss.backward()``)."""
 
     name = "embedtune"
@@ -467,6 +485,175 @@ def _worker(command: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+class DecoderEmbedtuneRun:
+    """embedtune's GradCache training step on a decoder, as ``embedtune/training/step.py`` runs it."""
+
+    name = "embedtune"
+
+    def __init__(self, folder: Path, accelerator, options) -> None:
+        model = load_embedder(str(folder))
+        model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=LR)
+        self.model, self.optimizer = accelerator.prepare(model.train(), optimizer)
+        self.accelerator = accelerator
+        self.collate = PairCollator(model.tokenizer, query_max_length=DECODER_QUERY_MAX_LENGTH, document_max_length=options.decoder_max_length)
+        self.loss_fn = InfoNCE(temperature=TEMPERATURE)
+        self.mini_batch_size = options.decoder_mini_batch
+
+    def step(self, pairs: list[tuple[str, str]]) -> tuple[float, bool]:
+        """One optimizer step; returns its seconds and whether loss and gradients were finite."""
+        from accelerate.utils import send_to_device
+
+        start = time.perf_counter()
+        batch = send_to_device(self.collate([Pair(query, document) for query, document in pairs]), self.accelerator.device)
+        no_sync = lambda: self.accelerator.no_sync(self.model)  # noqa: E731
+        loss, queries, documents = gradcache_step(self.model, batch, self.loss_fn, self.accelerator.unwrap_model(self.model).loss_params, self.mini_batch_size, self.accelerator.backward, no_sync)
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0))
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        geometry(queries, documents)
+        finite = math.isfinite(loss.item()) and math.isfinite(grad_norm)
+        _sync(self.accelerator.device.type)
+        return time.perf_counter() - start, finite
+
+
+class DecoderSentenceTransformersRun:
+    """sentence-transformers' cached step on the same saved decoder, as its trainer runs it."""
+
+    name = "sentence-transformers"
+
+    def __init__(self, folder: Path, accelerator, options) -> None:
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
+        from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+        model = SentenceTransformer(str(folder), device=accelerator.device.type)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=LR)
+        self.model, self.optimizer = accelerator.prepare(model.train(), optimizer)
+        self.accelerator = accelerator
+        self.collate = SentenceTransformerDataCollator(preprocess_fn=model.preprocess)
+        self.loss_fn = CachedMultipleNegativesRankingLoss(self.model, scale=1 / TEMPERATURE, mini_batch_size=options.decoder_mini_batch)
+
+    def step(self, pairs: list[tuple[str, str]]) -> tuple[float, bool]:
+        start = time.perf_counter()
+        inputs = self.collate([{"anchor": query, "positive": document} for query, document in pairs])
+        features = [
+            {name[len(column) :]: value.to(self.accelerator.device) if isinstance(value, torch.Tensor) else value for name, value in inputs.items() if name.startswith(column)}
+            for column in ("anchor_", "positive_")
+        ]
+        loss = self.loss_fn(features, None)
+        self.accelerator.backward(loss)
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0))
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        finite = math.isfinite(loss.item()) and math.isfinite(grad_norm)
+        _sync(self.accelerator.device.type)
+        return time.perf_counter() - start, finite
+
+
+def bench_gpu_decoder(options, pairs: list[tuple[str, str]]) -> dict:
+    """Both toolkits' cached bf16 training of the random Qwen3-0.6B-shaped decoder, one after the
+    other on the same batches: speed, real tokens, share of the bf16 peak, peak memory."""
+    import gc
+
+    from accelerate import Accelerator
+    from transformers import AutoConfig
+
+    from embedtune.model import Embedder
+    from random_decoder import build, tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and options.decoder_size != "tiny":
+        return {"skipped": "skipped: no CUDA device on this machine (--decoder-size tiny runs it on the CPU as a smoke test)"}
+    accelerator = Accelerator(mixed_precision="bf16")
+    batch_list = batches(pairs, options.decoder_batch, options.decoder_steps + 1)
+    result: dict = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "size": options.decoder_size,
+        "batch": options.decoder_batch,
+        "mini_batch": options.decoder_mini_batch,
+        "max_length": options.decoder_max_length,
+        "steps": options.decoder_steps,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = tokenizer()
+        tok.padding_side = "left"  # what backbone=decoder saves; embedtune's training batches pad right regardless
+        Embedder(build(options.decoder_size, len(tok), device), tok, pooling="last_token", max_length=options.decoder_max_length).save(Path(tmp) / "decoder")
+        gc.collect()
+        config = AutoConfig.from_pretrained(Path(tmp) / "decoder")
+        collate = PairCollator(tok, query_max_length=DECODER_QUERY_MAX_LENGTH, document_max_length=options.decoder_max_length)
+        real_tokens = [real_token_counts(collate, batch) for batch in batch_list[1:]]
+        result["real_tokens_per_step"] = [sum(counts) for counts in real_tokens]
+        result["step_flops"] = [decoder_training_flops(config, counts) for counts in real_tokens]
+        for run_class in (DecoderEmbedtuneRun, DecoderSentenceTransformersRun):
+            console.log(f"[bold]gpu-decoder[/] {run_class.name}: batch {options.decoder_batch}, mini-batch {options.decoder_mini_batch}, 1 warm-up + {options.decoder_steps} steps on {result['device']}")
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            run = run_class(Path(tmp) / "decoder", accelerator, options)
+            steps = [run.step(batch) for batch in batch_list]
+            seconds = [elapsed for elapsed, _ in steps[1:]]
+            console.log(f"  {run_class.name}: " + ", ".join(f"{elapsed:.1f} s" for elapsed, _ in steps))
+            result[run_class.name] = {
+                "seconds": seconds,
+                "finite": all(finite for _, finite in steps),
+                "pairs_per_s": options.decoder_batch / statistics.median(seconds),
+                "real_tokens_per_s": statistics.median(tokens / elapsed for tokens, elapsed in zip(result["real_tokens_per_step"], seconds)),
+                "flops_per_s": statistics.median(flops / elapsed for flops, elapsed in zip(result["step_flops"], seconds)),
+                "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+            }
+            del run
+            accelerator.free_memory()
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    result["peak_flops_per_s"] = bf16_matmul_peak() if device == "cuda" else matmul_peak()
+    result["peak_source"] = "8192^3 bf16 matmul on this card" if device == "cuda" else "2048^2 fp32 matmul on 2 CPU threads"
+    for toolkit in (DecoderEmbedtuneRun.name, DecoderSentenceTransformersRun.name):
+        result[toolkit]["share_of_peak"] = result[toolkit]["flops_per_s"] / result["peak_flops_per_s"]
+    return result
+
+
+def real_token_counts(collate, pairs: list[tuple[str, str]]) -> list[int]:
+    """Token counts (with special tokens, truncated as training truncates) of a batch's texts."""
+    batch = collate([Pair(query, document) for query, document in pairs])
+    return [int(n) for part in ("queries", "documents") for n in batch[part]["attention_mask"].sum(dim=1)]
+
+
+def decoder_training_flops(config, token_counts: list[int]) -> float:
+    """Training FLOPs of a Qwen3 / Llama-style decoder over texts of these real token counts.
+
+    Per token and layer, forward: 2 x the weights it multiplies (query and output projections
+    hidden x heads*head_dim, key and value projections hidden x kv_heads*head_dim, a gated
+    feed-forward of 3 hidden x intermediate matrices) + causal attention's two products over
+    the text's own earlier tokens (2 x 2 x length/2 x heads*head_dim). Backward costs 2x
+    forward; gradient checkpointing's and GradCache's extra forwards are not useful work and
+    are not counted (the model-FLOPs convention)."""
+    hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    query_width = config.num_attention_heads * config.head_dim
+    kv_width = config.num_key_value_heads * config.head_dim
+    weights = 2 * hidden * query_width + 2 * hidden * kv_width + 3 * hidden * inner
+    forward = sum(layers * length * (2 * weights + 2 * length * query_width) for length in token_counts)
+    return 3 * forward
+
+
+def bf16_matmul_peak(size: int = 8192, repeats: int = 10) -> float:
+    """FLOP/s of a size^3 bf16 matmul on the GPU, the median of ``repeats`` after warm-up, timed
+    with CUDA events: the card's practical bf16 ceiling (random data, not zeros)."""
+    a, b = (torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    seconds = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        seconds.append(start.elapsed_time(end) / 1000)
+    return 2 * size**3 / statistics.median(seconds)
+
+
 # --- the table -------------------------------------------------------------------------------
 
 
@@ -525,6 +712,21 @@ def report(results: dict) -> Table:
         else:
             speed = gpu[128]["pairs_per_s"]
             row("gpu", f"pairs/s, batch 128 ({gpu['device']})", f"{speed['embedtune']:.1f}", f"{speed['sentence-transformers']:.1f}", speed["embedtune"] / speed["sentence-transformers"], "", None)
+    if "gpu-decoder" in results:
+        decoder = results["gpu-decoder"]
+        if "skipped" in decoder:
+            row("gpu-decoder", decoder["skipped"], "", "", None, "", None)
+        else:
+            ours, theirs = decoder["embedtune"], decoder["sentence-transformers"]
+            setup = f"{decoder['size']} bf16, batch {decoder['batch']}/{decoder['mini_batch']}, {decoder['device']}"
+            ratio = ours["pairs_per_s"] / theirs["pairs_per_s"]
+            row("gpu-decoder", f"pairs/s ({setup})", f"{ours['pairs_per_s']:.1f}", f"{theirs['pairs_per_s']:.1f}", ratio, ">= 1.3x", ratio >= 1.3)
+            row("gpu-decoder", "real (unpadded) tokens/s", f"{ours['real_tokens_per_s']:.0f}", f"{theirs['real_tokens_per_s']:.0f}", ours["real_tokens_per_s"] / theirs["real_tokens_per_s"], "", None)
+            row("gpu-decoder", f"share of peak on real tokens (peak {decoder['peak_flops_per_s'] / 1e12:.3g} TFLOP/s, {decoder['peak_source']})", f"{ours['share_of_peak']:.1%}", f"{theirs['share_of_peak']:.1%}", None, ">= 35%", ours["share_of_peak"] >= 0.35)
+            if ours["peak_memory_gib"] is not None:
+                memory = ours["peak_memory_gib"] / theirs["peak_memory_gib"]
+                row("gpu-decoder", "peak GPU memory GiB", f"{ours['peak_memory_gib']:.1f}", f"{theirs['peak_memory_gib']:.1f}", memory, "<= 1x", memory <= 1)
+            row("gpu-decoder", "every loss and gradient finite", str(ours["finite"]), str(theirs["finite"]), None, "finite", ours["finite"])
     return table
 
 
@@ -553,6 +755,11 @@ def main() -> None:
     parser.add_argument("--mine-docs", type=int, default=None, help="mining corpus size (default 5000; quick 1000)")
     parser.add_argument("--mine-queries", type=int, default=None, help="mining queries (default 1000; quick 200)")
     parser.add_argument("--no-quality", action="store_true", help="skip the held-out nDCG@10 after training")
+    parser.add_argument("--decoder-size", choices=("qwen3-0.6b", "tiny"), default="qwen3-0.6b", help="gpu-decoder: the random decoder's shape (tiny: a CPU smoke test)")
+    parser.add_argument("--decoder-batch", type=int, default=1024, help="gpu-decoder: pairs per step (default 1024)")
+    parser.add_argument("--decoder-mini-batch", type=int, default=64, help="gpu-decoder: GradCache mini-batch (default 64)")
+    parser.add_argument("--decoder-max-length", type=int, default=512, help="gpu-decoder: document tokens (default 512; queries 64)")
+    parser.add_argument("--decoder-steps", type=int, default=2, help="gpu-decoder: timed steps per toolkit (default 2)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--toolkit", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -600,6 +807,9 @@ def main() -> None:
             results["gpu"] = {"device": torch.cuda.get_device_name(), **bench_train(options, pairs, device="cuda", sizes=((128, options.steps_128),))}
         else:
             results["gpu"] = {"skipped": "skipped: no CUDA device on this machine"}
+        save(results, options.json)
+    if "gpu-decoder" in sections:
+        results["gpu-decoder"] = bench_gpu_decoder(options, pairs)
     results["wall_s"] = time.perf_counter() - started
     save(results, options.json)
     Console(width=max(Console().width, 150)).print(report(results))

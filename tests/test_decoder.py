@@ -2,6 +2,7 @@
 parity, bidirectional attention, GGUF loading. Tiny random Qwen3 / Llama models built in code."""
 
 import importlib.util
+import math
 import sys
 
 import pytest
@@ -179,3 +180,84 @@ def test_decoder_fine_tune_learns_a_mapping_that_holds_on_unseen_pairs(tiny_qwen
     result = run(cfg, tmp_path / "run")
     before, after = result["before"]["ndcg@10"], result["after"]["ndcg@10"]
     assert after > before + 0.3, (before, after)
+
+
+def _masks_seen_by_attention(monkeypatch, nan_grad_in_empty_rows: bool = False) -> list:
+    """Record the attention mask of every SDPA call the backbone makes. With
+    ``nan_grad_in_empty_rows`` the kernel's backward also writes NaN into the query gradient of
+    rows whose mask allows no key at all: a softmax over nothing has no defined gradient, and
+    a CUDA kernel need not return the zeros CPU kernels do (one such case is reported for the
+    cuDNN backend on H100/H200, pytorch/pytorch#196678: finite forward, NaN query gradient)."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    masks = []
+
+    def recording_sdpa(query, key, value, attn_mask=None, **options):
+        masks.append(attn_mask)
+        if nan_grad_in_empty_rows and attn_mask is not None and query.requires_grad:
+            empty = ~attn_mask.any(dim=-1, keepdim=True)  # (batch, 1, seq, 1)
+            query.register_hook(lambda grad: grad.masked_fill(empty, float("nan")))  # grad: (batch, heads, seq, head_dim)
+        return sdpa(query, key, value, attn_mask=attn_mask, **options)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    return masks
+
+
+def _training_step_gradients(model, features) -> tuple[float, dict]:
+    model.zero_grad()
+    embeddings = model(features)
+    loss = (embeddings @ embeddings.T).logsumexp(dim=1).mean()  # any loss of the embeddings will do
+    loss.backward()
+    return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_training_batches_give_attention_no_fully_masked_row(tiny_qwen3_dir, monkeypatch):
+    """Left padding (the decoder's inference side) under a causal mask leaves every pad position
+    an attention row with no key to attend to; the collator's right-padded training batches
+    leave none, so no kernel's convention for an empty softmax matters."""
+    from embedtune.data.collate import PairCollator
+    from embedtune.data.types import Pair
+
+    model = load_embedder(str(tiny_qwen3_dir), pooling="last_token", padding_side="left").train()
+    batch = PairCollator(model.tokenizer, 32, 32)([Pair(TEXTS[i], TEXTS[(i + 1) % 3]) for i in range(3)])
+    masks = _masks_seen_by_attention(monkeypatch)
+    inference = model.tokenize(TEXTS)
+    assert inference["attention_mask"][:, 0].min() == 0  # inference batches stay left-padded
+    model(inference)
+    assert masks and all(mask is not None and (~mask.any(dim=-1)).any() for mask in masks)
+    masks.clear()
+    model(batch["queries"])
+    model(batch["documents"])
+    assert masks and all(mask is None or mask.any(dim=-1).all() for mask in masks)
+
+
+def test_nan_gradient_of_fully_masked_rows_reaches_weights_of_left_padded_batches_only(tiny_qwen3_dir, monkeypatch):
+    """The reported GPU symptom on a CPU (finite loss, NaN gradient norm): a kernel whose
+    backward writes NaN for empty attention rows leaves the loss of a left-padded batch finite
+    but makes its weight gradients NaN (the query projection sums over pad positions too). The
+    collator's training batch has no empty row: its gradients are those of the ordinary kernel."""
+    from embedtune.data.collate import PairCollator
+    from embedtune.data.types import Pair
+
+    model = load_embedder(str(tiny_qwen3_dir), pooling="last_token", padding_side="left").train()
+    training = PairCollator(model.tokenizer, 32, 32)([Pair(text, text) for text in TEXTS])["queries"]
+    _, reference = _training_step_gradients(model, training)
+    _masks_seen_by_attention(monkeypatch, nan_grad_in_empty_rows=True)
+    loss, left_padded = _training_step_gradients(model, model.tokenize(TEXTS))
+    assert math.isfinite(loss) and not all(torch.isfinite(grad).all() for grad in left_padded.values())
+    _, right_padded = _training_step_gradients(model, training)
+    assert right_padded.keys() == reference.keys()
+    assert all(torch.equal(right_padded[name], reference[name]) for name in reference)
+
+
+def test_training_embeddings_equal_left_padded_inference_embeddings(decoder_dir):
+    """Right-padded training batches embed each text as left-padded inference does (rotary
+    positions are relative), so what is trained is what sentence-transformers will serve."""
+    from embedtune.data.collate import PairCollator
+    from embedtune.data.types import Pair
+
+    model = load_embedder(str(decoder_dir), pooling="last_token", padding_side="left").eval()
+    batch = PairCollator(model.tokenizer, 32, 32)([Pair(text, text) for text in TEXTS])
+    assert batch["queries"]["attention_mask"][:, -1].min() == 0  # really right-padded
+    with torch.no_grad():
+        trained = model(batch["queries"])
+    assert torch.allclose(trained, model.encode(TEXTS), atol=1e-5)
