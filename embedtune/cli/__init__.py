@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args[0] not in COMMANDS:
         fail(args[0], f"unknown command (choose from {', '.join(COMMANDS)})")
-    importlib.import_module(f"embedtune.cli.{args[0]}").main(args[1:])
+    try:
+        importlib.import_module(f"embedtune.cli.{args[0]}").main(args[1:])
+    except OSError as error:  # what no check could foresee: a read-only file system, a full disk
+        fail(args[0], f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,21 @@ def add_data_set_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="qrels split of a BEIR folder (default: test)")
     parser.add_argument("--query-column", default="query", help="column of the queries in a pairs file (default: query)")
     parser.add_argument("--positive-column", default="positive", help="column of the positives in a pairs file (default: positive)")
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already (without it, an existing output stops the command before it starts)")
+
+
+def check_outputs(command: str, outputs: list[tuple[str, str | None, bool]], overwrite: bool, inputs: tuple = ()) -> None:
+    """Each ``(option, path, is_folder)`` output that is set can be written without losing
+    anything (`embedtune.fileio.check_output`), or the command stops with one line."""
+    from embedtune.errors import EmbedtuneError
+    from embedtune.fileio import check_output
+
+    try:
+        for option, path, is_folder in outputs:
+            if path:
+                check_output(path, option, folder=is_folder, overwrite=overwrite, inputs=inputs)
+    except EmbedtuneError as error:
+        fail(command, str(error))

@@ -4,7 +4,7 @@ set or from a BEIR folder split by query."""
 from __future__ import annotations
 
 
-from embedtune.cli.common import command_parser, fail
+from embedtune.cli.common import add_overwrite_flag, check_outputs, command_parser, fail
 from embedtune.errors import EmbedtuneError
 
 
@@ -16,7 +16,8 @@ def main(args: list[str]) -> None:
         "By default from the embedded data set (Python standard library: docstring summary -> function source, "
         "held out by package); with --beir, from your own retrieval set, held out by query.",
     )
-    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--out", required=True, help="folder to write train.jsonl and eval/ into")
+    add_overwrite_flag(parser)
     parser.add_argument("--beir", default=None, metavar="FOLDER", help="split this BEIR folder's judged queries instead of the stdlib set")
     parser.add_argument("--split", default="test", help="with --beir: the qrels split to read (default: test)")
     parser.add_argument("--seed", type=int, default=0, help="with --beir: which queries are held out")
@@ -31,6 +32,8 @@ def main(args: list[str]) -> None:
 
     if not 0 < options.eval_fraction < 1:
         fail("data", f"--eval-fraction must be in (0, 1), got {options.eval_fraction}")
+    check_outputs("data", [("--out", options.out, True)], True, (options.beir,))  # a folder to write into
+    check_outputs("data", [("--out", f"{options.out}/train.jsonl", False), ("--out", f"{options.out}/eval", True)], options.overwrite, (options.beir,))
     try:
         if options.beir:
             from embedtune.data.split import split_queries

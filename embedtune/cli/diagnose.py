@@ -4,12 +4,11 @@ uniformity, collapse, anisotropy), with verdicts in plain words and optional pic
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
-from embedtune.cli.common import add_data_set_flags, command_parser, best_device, fail, plots_module, quiet_transformers
-from embedtune.errors import EmbedtuneError
+from embedtune.cli.common import add_data_set_flags, add_overwrite_flag, check_outputs, command_parser, best_device, fail, plots_module, quiet_transformers
+from embedtune.errors import DataError, EmbedtuneError
 
 DESCRIPTION = (
     "Geometry of each model's embedding space on each data set: alignment and uniformity (Wang & Isola "
@@ -43,6 +42,7 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out-dir", default=None, help="write diagnostics.json (and the plots) here (default with --plots: diagnostics/)")
     parser.add_argument("--plots", action="store_true", help="also draw similarity histograms per data set and a PCA scatter")
+    add_overwrite_flag(parser)
     return parser.parse_args(args)
 
 
@@ -52,20 +52,26 @@ def main(args: list[str]) -> None:
         fail("diagnose", f"--batch-size must be >= 1, got {options.batch_size}")
     if options.max_pairs < 2:
         fail("diagnose", f"--max-pairs must be >= 2 (random pairs need two positives), got {options.max_pairs}")
+    if options.max_length is not None and options.max_length < 1:
+        fail("diagnose", f"--max-length must be >= 1, got {options.max_length}")
     plots = plots_module("diagnose") if options.plots else None  # before the slow part: a missing matplotlib fails now
+    out_dir = Path(options.out_dir or "diagnostics") if (options.out_dir or options.plots) else None
+    check_outputs("diagnose", [("--out-dir", out_dir, True)], True, tuple(options.data))
     quiet_transformers()
     try:
         inputs = load_inputs(options)
+        if out_dir is not None:  # the files it will write, now that the data sets' names are known
+            files = ["diagnostics.json", *([f"similarity_{_file_stem(b.name)}.png" for b, _, _ in inputs] + ["pca.png"] if plots else [])]
+            check_outputs("diagnose", [("--out-dir", out_dir / name, False) for name in files], options.overwrite)
         rows, similarities, points = diagnose_models(options, inputs, with_plot_data=plots is not None)
     except EmbedtuneError as error:
         fail("diagnose", str(error))
     print_geometry(inputs, rows)
-    out_dir = Path(options.out_dir or "diagnostics") if (options.out_dir or options.plots) else None
     if out_dir is None:
         return
-    from embedtune.fileio import write_text_atomic
+    from embedtune.fileio import json_text, write_text_atomic
 
-    write_text_atomic(out_dir / "diagnostics.json", json.dumps({"max_pairs": options.max_pairs, "seed": options.seed, "rows": rows}, indent=2) + "\n")
+    write_text_atomic(out_dir / "diagnostics.json", json_text({"max_pairs": options.max_pairs, "seed": options.seed, "rows": rows}))
     written = [out_dir / "diagnostics.json"]
     if plots:
         written += draw(plots, options, inputs, similarities, points, out_dir)
@@ -82,6 +88,8 @@ def load_inputs(options: argparse.Namespace) -> list[tuple]:
     for source in options.data:
         benchmark = load_benchmark(source, options.split, columns)
         chosen = positive_pairs(benchmark, options.max_pairs, options.seed)
+        if len(chosen) < 2:
+            raise DataError(f"{source}: {len(chosen)} positive pair(s); the geometry of an embedding space needs at least 2 (random pairs are drawn between them)")
         inputs.append((benchmark, chosen, _pair_items(benchmark, chosen)))
     return inputs
 

@@ -4,9 +4,8 @@ Matryoshka size; tables, JSON, CSV and an optional plot."""
 from __future__ import annotations
 
 import argparse
-import json
 
-from embedtune.cli.common import add_data_set_flags, command_parser, best_device, fail, plots_module, quiet_transformers
+from embedtune.cli.common import add_data_set_flags, add_overwrite_flag, check_outputs, command_parser, best_device, fail, plots_module, quiet_transformers
 from embedtune.errors import EmbedtuneError
 
 DESCRIPTION = (
@@ -53,6 +52,7 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     probe.add_argument("--probe-l2", type=float, default=1.0, help="L2 penalty of the probe's weights, as scikit-learn's 1/C (default: 1)")
     probe.add_argument("--seed", type=int, default=0, help="for the probe's train/test split and noise (default: 0)")
     parser.add_argument("--out", default=None, metavar="FILE.json", help="write the results as JSON here")
+    add_overwrite_flag(parser)
     parser.add_argument("--csv", default=None, metavar="FILE.csv", help="write the results as CSV here, one row per data set, model and size")
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="draw quality vs Matryoshka size here")
     parser.add_argument("--diagnose", default=None, metavar="DIR",
@@ -81,6 +81,13 @@ def check_options(options: argparse.Namespace) -> None:
         fail("eval", f"--probe-l2 must be > 0, got {options.probe_l2}")
     if options.diagnose and not options.data:
         fail("eval", "--diagnose needs --data (the pairs whose geometry to look at)")
+    if options.max_length is not None and options.max_length < 1:
+        fail("eval", f"--max-length must be >= 1, got {options.max_length}")
+    inputs = (*options.data, options.probe, options.probe_test)
+    check_outputs("eval", [("--out", options.out, False), ("--csv", options.csv, False), ("--plot", options.plot, False)], options.overwrite, inputs)
+    if options.diagnose:
+        check_outputs("eval", [("--diagnose", options.diagnose, True)], True, inputs)  # a folder to write into
+        check_outputs("eval", [("--diagnose", f"{options.diagnose}/diagnostics.json", False), ("--diagnose", f"{options.diagnose}/pca.png", False)], options.overwrite)
 
 
 def main(args: list[str]) -> None:
@@ -106,7 +113,7 @@ def main(args: list[str]) -> None:
         same_inputs = ["--split", options.split, "--query-column", options.query_column, "--positive-column", options.positive_column, "--batch-size", str(options.batch_size)]
         if options.max_length:
             same_inputs += ["--max-length", str(options.max_length)]
-        diagnose.main(["--model", *options.model, "--data", *options.data, *same_inputs, "--plots", "--out-dir", options.diagnose])
+        diagnose.main(["--model", *options.model, "--data", *options.data, *same_inputs, "--plots", "--out-dir", options.diagnose, *(["--overwrite"] if options.overwrite else [])])
 
 
 def evaluate_models(options: argparse.Namespace) -> tuple[list, object, list[dict]]:
@@ -158,14 +165,14 @@ def print_tables(options: argparse.Namespace, benchmarks: list, probe_set, rows:
 
 def write_results(options: argparse.Namespace, probe_set, rows: list[dict]) -> None:
     """--out (JSON), --csv and --plot."""
-    from embedtune.fileio import write_text_atomic
+    from embedtune.fileio import json_text, write_text_atomic
 
     if options.out:  # a single result is also spread at the top level, so json["ndcg@10"] reads it
         payload = {**(rows[0] if len(rows) == 1 else {}), "split": options.split, "rows": rows}
         if probe_set:
             payload["probe"] = {"train": options.probe, "test": options.probe_test, "test_fraction": None if options.probe_test else options.test_fraction,
                                 "noise": options.probe_noise, "draws": options.probe_draws, "l2": options.probe_l2, "seed": options.seed}  # fmt: skip
-        write_text_atomic(options.out, json.dumps(payload, indent=2) + "\n")
+        write_text_atomic(options.out, json_text(payload))
     if options.csv:
         write_text_atomic(options.csv, _rows_as_csv(rows))
     if options.plot:

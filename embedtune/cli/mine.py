@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from embedtune.cli.common import command_parser, best_device, fail, quiet_transformers
+from embedtune.cli.common import add_overwrite_flag, best_device, check_outputs, command_parser, fail, quiet_transformers
 from embedtune.console import stdout
 from embedtune.errors import EmbedtuneError
 
@@ -33,7 +33,8 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="model folder or packaged name (all-MiniLM-L6-v2)")
     parser.add_argument("--data", required=True, help="pairs file (jsonl/csv/parquet or hf:NAME[:SPLIT])")
     parser.add_argument("--corpus", default=None, help="documents to mine from (jsonl/csv/parquet, or a BEIR corpus.jsonl); default: all positives")
-    parser.add_argument("--out", required=True, help="output .jsonl file (written atomically)")
+    parser.add_argument("--out", required=True, help="output .jsonl file (written atomically; never one of the inputs)")
+    add_overwrite_flag(parser)
     parser.add_argument("--query-column", default="query")
     parser.add_argument("--positive-column", default="positive")
     parser.add_argument("--corpus-column", default="text")
@@ -57,6 +58,7 @@ def main(args: list[str]) -> None:
         fail("mine", f"--batch-size must be >= 1, got {options.batch_size}")
     if Path(options.out).suffix.lower() not in OUTPUT_SUFFIXES:
         fail("mine", f"--out must be a .jsonl file, got {options.out}")
+    check_outputs("mine", [("--out", options.out, False)], options.overwrite, (options.data, options.corpus))
 
     from embedtune.data.rows import Columns, load_pairs
     from embedtune.fileio import write_text_atomic

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from embedtune.cli.common import command_parser, fail, plots_module
+from embedtune.cli.common import add_overwrite_flag, check_outputs, command_parser, fail, plots_module
 from embedtune.errors import EmbedtuneError
 from embedtune.fileio import read_json
 from embedtune.eval.tasks import SWEEP_METRICS, TASK_TITLES, task_of
@@ -26,16 +26,18 @@ def main(args: list[str]) -> None:
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (train_log.jsonl) or a sweep folder")
     parser.add_argument("--out-dir", default=None, help="where the PNGs go (default: RUN_DIR)")
+    add_overwrite_flag(parser)
     options = parser.parse_args(args)
     run_dir = Path(options.run_dir)
     out_dir = Path(options.out_dir) if options.out_dir else run_dir
+    is_run = (run_dir / "train_log.jsonl").is_file()
+    if not is_run and not (run_dir.is_dir() and any((child / "eval.json").is_file() for child in run_dir.iterdir())):
+        fail("report", f"{run_dir}: neither a run folder (train_log.jsonl) nor a sweep folder (*/eval.json)")
+    check_outputs("report", [("--out-dir", out_dir, True)], True)  # a folder to write into
+    pictures = ["training_curves.png"] if is_run else ["sweep.png", "training_curves.png"]
+    check_outputs("report", [("--out-dir", out_dir / name, False) for name in pictures], options.overwrite)
     try:
-        if (run_dir / "train_log.jsonl").is_file():
-            written = _report_run(run_dir, out_dir)
-        elif run_dir.is_dir() and any((child / "eval.json").is_file() for child in run_dir.iterdir()):
-            written = _report_sweep(run_dir, out_dir)
-        else:
-            fail("report", f"{run_dir}: neither a run folder (train_log.jsonl) nor a sweep folder (*/eval.json)")
+        written = _report_run(run_dir, out_dir) if is_run else _report_sweep(run_dir, out_dir)
     except EmbedtuneError as error:
         fail("report", str(error))
     print("wrote " + ", ".join(str(path) for path in written))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from pathlib import Path
 
 from embedtune.cli.common import fail, quiet_transformers
 from embedtune.errors import EmbedtuneError
@@ -41,14 +42,17 @@ def _name_sweep_runs_by_swept_keys(parsed) -> str:
     return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(sorted(set(fixed)))}]"
 
 
-def check_overrides(parsed) -> None:
+def check_overrides(parsed, sweep: bool = False) -> list:
     """Compose and validate the config for every run the arguments ask for, before Hydra
-    creates any folder, so a typo or a bad value costs one clear line and writes nothing."""
+    creates any folder, so a typo, a bad value or an output folder that holds an earlier run
+    costs one clear line and writes nothing. Returns the composed configs."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from embedtune.console import launch_rank
     from embedtune.training.config import config_dir, validate
 
+    configs = []
     for overrides in _single_runs(parsed):
         try:
             with initialize_config_dir(str(config_dir()), version_base="1.3"):
@@ -59,8 +63,28 @@ def check_overrides(parsed) -> None:
             GlobalHydra.instance().clear()
         try:
             validate(cfg)
+            if launch_rank() == 0:  # under `accelerate launch` rank 0 alone owns the folder; the others may start late
+                check_output_folder(cfg, sweep)
         except EmbedtuneError as error:
             fail("train", str(error))
+        configs.append(cfg)
+    return configs
+
+
+def check_output_folder(cfg, sweep: bool) -> None:
+    """The run's folder (a sweep's: ``output_dir``-sweep) can be a writable folder, and holds no
+    earlier run unless ``overwrite=true`` or ``resume`` says to replace or continue it."""
+    from embedtune.fileio import check_output
+    from embedtune.training.outputs import run_outputs, sweep_runs
+
+    folder = Path(f"{cfg.output_dir}-sweep" if sweep else cfg.output_dir)
+    check_output(folder, "output_dir", folder=True, overwrite=True)
+    if cfg.overwrite or cfg.resume is not None:
+        return
+    held = sweep_runs(folder) if sweep else run_outputs(folder)
+    if held:
+        what = f"the runs {', '.join(held[:3])}{', ...' if len(held) > 3 else ''} of an earlier sweep" if sweep else f"an earlier run ({', '.join(held)})"
+        raise EmbedtuneError(f"output_dir {folder} holds {what}: pass overwrite=true to replace it, resume=auto to continue it, or another output_dir=")
 
 
 def _hydra_message(error: Exception) -> str:
@@ -85,15 +109,16 @@ def main(args: list[str]) -> None:
         parsed = parse_overrides(args)
     except Exception as error:  # hydra's OverrideParseException
         fail("train", f"cannot parse overrides: {str(error).splitlines()[0]}")
+    sweep = bool(HYDRA_FLAGS_WITHOUT_VALUE.intersection(args))
+    new_folder = None  # a single run's output_dir that this command creates: removed again if the run fails before writing to it
     if parsed is not None:
-        check_overrides(parsed)
-        if HYDRA_FLAGS_WITHOUT_VALUE.intersection(args):
+        configs = check_overrides(parsed, sweep)
+        if sweep:
             args = [*args, _name_sweep_runs_by_swept_keys(parsed)]
+        elif not Path(configs[0].output_dir).exists():
+            new_folder = Path(configs[0].output_dir)
 
     from embedtune.console import launch_rank
-
-    if launch_rank() > 0:  # under `accelerate launch` every rank runs Hydra on the same output_dir:
-        args = [*args, "hydra.output_subdir=null", "hydra/job_logging=none"]  # only rank 0 writes .hydra/ and train.log
 
     @hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
     def hydra_train(cfg) -> float | None:
@@ -103,6 +128,8 @@ def main(args: list[str]) -> None:
         try:
             result = run(cfg, HydraConfig.get().runtime.output_dir)
         except EmbedtuneError as error:
+            if new_folder is not None and new_folder.is_dir() and not any(new_folder.iterdir()) and launch_rank() == 0:
+                new_folder.rmdir()
             fail("train", str(error))
         except KeyboardInterrupt:  # train.run saved a resumable state and said where
             raise SystemExit(130) from None

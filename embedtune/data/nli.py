@@ -64,6 +64,9 @@ def read_premises(sources: list[str], premise_column: str, hypothesis_column: st
     return premises
 
 
+NO_ENTAILMENT = "hard negatives whose premise has no entailment"
+
+
 def triplets(premises: dict[str, Hypotheses], neutral: str = "drop", keep_unpaired: bool = False, counts: Counter | None = None) -> list[Pair]:
     """(premise, entailed hypothesis, its premise's contradictions as hard negatives) pairs.
 
@@ -81,8 +84,8 @@ def triplets(premises: dict[str, Hypotheses], neutral: str = "drop", keep_unpair
         negatives = tuple(hypotheses.contradiction + (hypotheses.neutral if neutral == "negative" else []))
         if neutral == "drop":
             counts["neutral"] += len(hypotheses.neutral)
-        if not positives:
-            counts["premises without a positive"] += 1
+        if not positives:  # its contradictions (and neutrals used as negatives) have no query to serve
+            counts[NO_ENTAILMENT] += len(negatives)
         for positive in positives:
             if negatives or keep_unpaired:
                 pairs.append(Pair(premise, positive, negatives))
@@ -110,7 +113,7 @@ def load(
     if not pairs:
         raise DataError(f"{', '.join(sources)}: no (premise, entailment, contradiction) triplets (rows: {counts['rows']}); check data.label_column, or set data.keep_unpaired=true")
     negatives = sum(len(pair.negatives) for pair in pairs)
-    dropped = ", ".join(f"{counts[reason]:,} {reason}" for reason in ("neutral", "no gold label", "positives without a hard negative") if counts[reason])
+    dropped = ", ".join(f"{counts[reason]:,} {reason}" for reason in ("neutral", "no gold label", "positives without a hard negative", NO_ENTAILMENT) if counts[reason])
     announce(
         f"data=nli: {counts['rows']:,} rows, {len(premises):,} premises from {', '.join(sources)} -> {len(pairs):,} pairs "
         f"(premise, {'entailment' if neutral != 'positive' else 'entailment or neutral'}) with {negatives:,} hard negatives; "

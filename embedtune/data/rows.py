@@ -45,6 +45,8 @@ def iter_rows(source: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield from _iter_hf_rows(source)
         return
     path = Path(source)
+    if path.is_dir():
+        raise DataError(f"{source}: is a folder, expected a file (.jsonl, .json, .csv, .tsv or .parquet)")
     if not path.is_file():
         raise DataError(f"{source}: no such file")
     suffix = path.suffix.lower()
@@ -139,10 +141,10 @@ def _negatives(row: dict[str, Any], column: str, where: str) -> tuple[str, ...]:
     if isinstance(value, str) and value.lstrip().startswith("["):  # csv cells carry lists as JSON
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
-            raise DataError(f"{where}: column '{column}' is not a valid JSON list") from None
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: column '{column}' is not a valid JSON list ({error.msg} at character {error.pos + 1} of the cell)") from None
     if isinstance(value, str):
-        value = [value]
+        raise DataError(f"{where}: column '{column}' must be a list of strings, got one string (write it as a list: [\"...\"])")
     if not isinstance(value, (list, tuple)):
         raise DataError(f"{where}: column '{column}' must be a list of strings, got {type(value).__name__}")
     for index, item in enumerate(value):

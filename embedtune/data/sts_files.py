@@ -58,6 +58,8 @@ def load_sts(source: str) -> list[Pair]:
     pairs = [pair for _, pair in iter_sts(source)]
     if len(pairs) < 2:
         raise DataError(f"{source}: need at least 2 scored pairs for a correlation, got {len(pairs)}")
+    if len({pair.score for pair in pairs}) == 1:
+        raise DataError(f"{source}: every gold score is {pairs[0].score:g}, so no correlation with them is defined; an STS file needs differing scores")
     return pairs
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 from rich.table import Table
 
 
+def number_cell(value: float | None) -> str:
+    """A metric to 4 decimals; "n/a" where it is undefined (read back from JSON as null)."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def change_cell(change: float) -> str:
     """A signed difference, green when it rose and red when it fell."""
     color = "green" if change > 0 else "red" if change < 0 else ""
@@ -22,7 +27,8 @@ def comparison_table(title: str, before: dict | None, after: dict) -> Table:
         table.add_column("change", justify="right")
     for name, value in after.items():
         if before is None:
-            table.add_row(name, f"{value:.4f}")
+            table.add_row(name, number_cell(value))
         else:
-            table.add_row(name, f"{before[name]:.4f}", f"{value:.4f}", change_cell(value - before[name]))
+            known = value is not None and before.get(name) is not None
+            table.add_row(name, number_cell(before.get(name)), number_cell(value), change_cell(value - before[name]) if known else "n/a")
     return table

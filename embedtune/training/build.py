@@ -70,7 +70,9 @@ class TrainingSetup:
     sampler: ShuffledBatchSampler | None  # None for a stream
     settings: Settings
     output_dir: Path
-    resume_from: Path | None
+    resume_from: list[Path]  # saved states to continue from, the first that loads (empty: a fresh start)
+    resume: str | None  # what the config asked for (auto, a folder, or nothing)
+    overwrite: bool  # a fresh start replaces an earlier run's outputs
     resolved_config: str  # config.yaml
     tracker: str | None  # an Accelerate tracker name, None for none
     tracker_config: dict
@@ -111,7 +113,7 @@ def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
     return TrainingSetup(
         accelerator=accelerator, data=data, model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
         loader=loader, sampler=sampler, settings=settings(cfg, total_steps, steps_per_epoch),
-        output_dir=output_dir, resume_from=checkpoint.find(cfg.resume, output_dir),
+        output_dir=output_dir, resume_from=checkpoint.find(cfg.resume, output_dir), resume=cfg.resume, overwrite=cfg.overwrite,
         resolved_config=OmegaConf.to_yaml(cfg, resolve=True), tracker=None if cfg.logger == "none" else cfg.logger,
         tracker_config=tracking.hyperparameters(cfg) if cfg.logger != "none" else {},
         batch_size=cfg.batch.size, negatives_per_query=cfg.negatives.per_query,

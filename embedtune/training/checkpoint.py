@@ -17,7 +17,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from embedtune.errors import ConfigError
+from embedtune.errors import ConfigError, EmbedtuneError
 
 STATE_FILE = "trainer_state.json"
 
@@ -67,21 +67,34 @@ def complete_states(output_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
 
 
-def find(resume: str | None, output_dir: Path) -> Path | None:
-    """The state to resume from: ``auto`` = the latest complete one in ``output_dir`` (None when
-    there is none: a fresh start), or an explicit folder."""
+def find(resume: str | None, output_dir: Path) -> list[Path]:
+    """The states to resume from, the one to try first first: ``auto`` = the complete ones in
+    ``output_dir``, latest first (none: a fresh start), or an explicit folder."""
     if resume is None:
-        return None
+        return []
     if resume == "auto":
-        states = complete_states(output_dir)
-        return states[-1] if states else None
+        return complete_states(output_dir)[::-1]
     folder = Path(resume)
     if not (folder / STATE_FILE).is_file():
         raise ConfigError(f"resume={resume}: not a training state folder (no {STATE_FILE}); use resume=auto or a state/step-NNNNN folder")
-    return folder
+    return [folder]
 
 
-def load(accelerator, folder: Path) -> TrainerState:
-    """Restore everything `save` wrote; returns the trainer state."""
-    accelerator.load_state(str(folder))
-    return TrainerState(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
+def load(accelerator, candidates: list[Path], warn) -> tuple[TrainerState, Path]:
+    """Restore everything `save` wrote, from the first of ``candidates`` that loads whole: a
+    damaged one (a file cut short by a full disk, say) is named through ``warn`` and the next,
+    older one tried; when none loads, an `EmbedtuneError` names them. Each attempt restores
+    every part again, so a half-loaded damaged state leaves nothing behind."""
+    damaged = []
+    for folder in candidates:
+        try:
+            state = TrainerState(**json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
+            accelerator.load_state(str(folder))
+        except Exception as error:  # safetensors, torch.load, json and OS errors all mean: damaged
+            reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            damaged.append(f"{folder} ({reason})")
+            if folder is not candidates[-1]:
+                warn(f"the saved state {folder} is damaged ({reason}); trying the one before it")
+            continue
+        return state, folder
+    raise EmbedtuneError(f"no saved state could be loaded: {'; '.join(damaged)}. Remove the damaged folder(s), or start over with overwrite=true")

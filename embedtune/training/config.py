@@ -18,6 +18,9 @@ from embedtune.pooling import POOLINGS
 from embedtune.training.tracking import check_logger
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# transformers' learning-rate schedules that need nothing but the warm-up and total steps (the
+# others need a metric every step or extra arguments the config does not give them).
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 
 
 def config_dir() -> Path:
@@ -95,12 +98,14 @@ def validate(cfg: DictConfig) -> None:
     _require(train.mixed_precision in MIXED_PRECISION, "train.mixed_precision", f"one of {', '.join(MIXED_PRECISION)}", train.mixed_precision)
     _require(_is_int(train.query_max_length) and train.query_max_length >= 1, "train.query_max_length", "an integer >= 1", train.query_max_length)
     _require(_is_int(train.log_every) and train.log_every >= 1, "train.log_every", "an integer >= 1", train.log_every)
+    _require(train.scheduler in SCHEDULERS, "train.scheduler", f"one of {', '.join(SCHEDULERS)}", train.scheduler)
     _require(train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "stop or skip", train.on_nonfinite)
     _require(_is_int(train.max_nonfinite_in_a_row) and train.max_nonfinite_in_a_row >= 1, "train.max_nonfinite_in_a_row", "an integer >= 1", train.max_nonfinite_in_a_row)
     for key in ("model_every_n_steps", "state_every_n_steps", "keep_last_states"):
         value = cfg.save[key]
         _require(value is None or (_is_int(value) and value >= 1), f"save.{key}", "null or an integer >= 1", value)
     _require(cfg.resume is None or isinstance(cfg.resume, str), "resume", "null, auto or a state folder", cfg.resume)
+    _require(isinstance(cfg.overwrite, bool), "overwrite", "true or false", cfg.overwrite)
     _require(_is_int(train.num_workers) and train.num_workers >= 0, "train.num_workers", "an integer >= 0", train.num_workers)
     _require(_is_int(cfg.negatives.per_query) and cfg.negatives.per_query >= 0, "negatives.per_query", "an integer >= 0", cfg.negatives.per_query)
     _require(isinstance(cfg.negatives.cross_device, bool), "negatives.cross_device", "true or false", cfg.negatives.cross_device)

@@ -8,7 +8,6 @@ main process writes logs and models. The set-up lives in `embedtune.training.bui
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -20,11 +19,12 @@ from embedtune.console import console, progress_bar, stdout
 from embedtune.eval.held_out import evaluate_held_out
 from embedtune.eval.tables import comparison_table
 from embedtune.eval.tasks import TASK_TITLES, task_of
-from embedtune.fileio import write_text_atomic
+from embedtune.fileio import json_text, write_text_atomic
 from embedtune.training import checkpoint
 from embedtune.training.build import TrainingSetup, build
 from embedtune.training.checkpoint import TrainerState
 from embedtune.training.config import apply_renamed_keys, validate
+from embedtune.training.outputs import clear_run_outputs
 from embedtune.training.run_log import RunLog
 from embedtune.training.step import train_step
 
@@ -63,15 +63,22 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
 
 def start_or_resume(setup: TrainingSetup, log: RunLog) -> TrainerState:
     """A fresh state (after scoring the starting model), or exactly where a saved state stopped:
-    weights, optimizer, RNG, data position and the open logging window."""
+    weights, optimizer, RNG, data position and the open logging window. With ``overwrite``, a
+    fresh start first removes an earlier run's outputs."""
+    if setup.is_main and setup.resume == "auto" and not setup.resume_from:
+        console.print(f"resume=auto: no saved state in {setup.output_dir / 'state'}, starting from the beginning")
+    if setup.is_main and setup.overwrite and not setup.resume_from:
+        clear_run_outputs(setup.output_dir)
+    setup.accelerator.wait_for_everyone()
     if setup.tracker:
         setup.accelerator.init_trackers("embedtune", config=setup.tracker_config)
-    if setup.resume_from is None:
+    if not setup.resume_from:
         state = TrainerState(before=evaluate(setup) if setup.settings.eval_before else None)
         log.begin(0, resumed=False)
         log.eval_point(0, state.before)
+        resumed_from = None
     else:
-        state = checkpoint.load(setup.accelerator, setup.resume_from)
+        state, resumed_from = checkpoint.load(setup.accelerator, setup.resume_from, warn=lambda line: console.print(f"[bold yellow]warning:[/] {line}"))
         if setup.sampler is None:  # a stream: each item is one global batch
             setup.loader.dataset.start_batch = state.batches_in_epoch
         else:
@@ -81,7 +88,7 @@ def start_or_resume(setup: TrainingSetup, log: RunLog) -> TrainerState:
         log.begin(state.step, resumed=True)
     if setup.is_main:
         write_text_atomic(setup.output_dir / "config.yaml", setup.resolved_config)
-        console.print(describe(setup) + (f" (resumed at step {state.step} from {setup.resume_from})" if setup.resume_from else ""))
+        console.print(describe(setup) + (f" (resumed at step {state.step} from {resumed_from})" if resumed_from else ""))
     return state
 
 
@@ -138,7 +145,7 @@ def finish(setup: TrainingSetup, state: TrainerState, log: RunLog) -> dict:
     accelerator.end_training()
     result = {"before": state.before, "after": after, "steps": total_steps}
     if setup.is_main and setup.data.eval is not None:
-        write_text_atomic(setup.output_dir / "eval.json", json.dumps({"data": setup.data.eval.name, **result}, indent=2) + "\n")
+        write_text_atomic(setup.output_dir / "eval.json", json_text({"data": setup.data.eval.name, **result}))
         stdout.print(comparison_table(f"held-out {TASK_TITLES[task_of(after)]}: {setup.data.eval.name}", state.before, after))
         console.print(f"model saved to [bold]{setup.output_dir / 'final'}[/]")
     return result
