@@ -51,8 +51,10 @@ def iter_rows(source: str) -> Iterator[tuple[str, dict[str, Any]]]:
         raise DataError(f"{source}: no such file")
     suffix = path.suffix.lower()
     try:
-        if suffix in (".jsonl", ".json"):
+        if suffix == ".jsonl":
             yield from _iter_jsonl(path)
+        elif suffix == ".json":
+            yield from _iter_json(path)
         elif suffix in TABULAR_SUFFIXES:
             yield from _iter_tabular(path, TABULAR_SUFFIXES[suffix])
         elif suffix == ".parquet":
@@ -77,6 +79,23 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
             yield f"{path}:{number}", row
+
+
+def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A ``.json`` file: one JSON array of objects, or JSON Lines under another name."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":  # more than one value: JSON Lines
+            yield from _iter_jsonl(path)
+            return
+        raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg} at column {error.colno})") from None
+    rows = value if isinstance(value, list) else [value]
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: item {number} is {type(row).__name__}, expected a JSON object (or a list of them)")
+        yield f"{path}:item {number}", row
 
 
 def _iter_tabular(path: Path, delimiter: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -108,7 +108,13 @@ def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
     output_dir.mkdir(parents=True, exist_ok=True)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     # Stepped once per optimizer step by the loop (not prepared: Accelerate would step it per process).
-    scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.train.warmup_ratio * total_steps), num_training_steps=total_steps)
+    warmup_steps = math.ceil(cfg.train.warmup_ratio * total_steps)
+    scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    if not any(factor(step) > 0 for step in range(total_steps) for factor in scheduler.lr_lambdas):
+        raise ConfigError(
+            f"train.scheduler={cfg.train.scheduler} with {total_steps} step(s) and {warmup_steps} warm-up step(s) (train.warmup_ratio={cfg.train.warmup_ratio}) "
+            "gives every step a learning rate of 0: nothing would train. Use more steps or train.warmup_ratio=0"
+        )
     accelerator.register_for_checkpointing(scheduler)
     return TrainingSetup(
         accelerator=accelerator, data=data, model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
