@@ -67,12 +67,13 @@ def test_bad_train_arguments_fail_with_one_line_and_write_nothing(tmp_path, args
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_data_row_fails_with_one_line(tiny_bert_dir, tmp_path):
+def test_bad_data_row_fails_with_one_line_and_leaves_no_output_folder(tiny_bert_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"query": "q", "positive": "p"}\n{"query": "q2"}\n')
     result = embedtune("train", "data=files", f"data.train={bad}", f"backbone.path={tiny_bert_dir}", f"output_dir={tmp_path / 'o'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"embedtune train: error: {bad}:2: missing column 'positive' (row has: query)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]  # no .hydra/, no train.log, no empty folder
 
 
 def test_eval_writes_json_with_metric_names(tiny_bert_dir, pairs_file, tmp_path):
