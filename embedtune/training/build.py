@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from embedtune.data.collate import PairCollator
+from embedtune.data.lengths import Lengths, measure, sample_pairs
 from embedtune.data.sampler import ShuffledBatchSampler
 from embedtune.data.types import TrainEvalData
 from embedtune.errors import ConfigError, DataError
@@ -78,6 +79,7 @@ class TrainingSetup:
     tracker_config: dict
     batch_size: int
     negatives_per_query: int
+    lengths: list[Lengths]  # token lengths of a sample of the pairs, against max_length
 
     @property
     def is_main(self) -> bool:
@@ -99,6 +101,7 @@ def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
     check_launch(accelerator.num_processes)
     data = build_data(cfg)
     model = build_model(cfg, data)
+    lengths = measure_lengths(cfg, data, model)
     loss_fn = build_loss(cfg, model)
     if cfg.negatives.cross_device and accelerator.num_processes > 1:  # every process's batch becomes negatives
         loss_fn = CrossDevice(loss_fn)
@@ -122,7 +125,7 @@ def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
         output_dir=output_dir, resume_from=checkpoint.find(cfg.resume, output_dir), resume=cfg.resume, overwrite=cfg.overwrite,
         resolved_config=OmegaConf.to_yaml(cfg, resolve=True), tracker=None if cfg.logger == "none" else cfg.logger,
         tracker_config=tracking.hyperparameters(cfg) if cfg.logger != "none" else {},
-        batch_size=cfg.batch.size, negatives_per_query=cfg.negatives.per_query,
+        batch_size=cfg.batch.size, negatives_per_query=cfg.negatives.per_query, lengths=lengths,
     )  # fmt: skip
 
 
@@ -152,6 +155,14 @@ def build_model(cfg: DictConfig, data: TrainEvalData) -> Embedder:
         model.backbone = apply_lora(model.backbone, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules))
     freeze_unused_pooler(model)  # never gets a gradient; DDP would wait for it forever
     return model
+
+
+def measure_lengths(cfg: DictConfig, data: TrainEvalData, model: Embedder) -> list[Lengths]:
+    """Token lengths of a sample of the training pairs (a stream: its first pairs), so the run
+    can say how much ``max_length`` cuts."""
+    source = data.train if data.stream is None else dataclasses.replace(data.stream, batch_size=256, seed=cfg.seed, batches_per_source={})
+    pairs = sample_pairs(source, cfg.seed)
+    return measure(model.tokenizer, pairs, (data.query_prompt, data.document_prompt), (cfg.train.query_max_length, cfg.backbone.max_length), cfg.negatives.per_query)
 
 
 def build_loss(cfg: DictConfig, model: Embedder):

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from embedtune.console import console, progress_bar, stdout
+from embedtune.data.lengths import MUCH_CUT
 from embedtune.eval.held_out import evaluate_held_out
 from embedtune.eval.tables import comparison_table
 from embedtune.eval.tasks import TASK_TITLES, task_of
@@ -89,6 +90,9 @@ def start_or_resume(setup: TrainingSetup, log: RunLog) -> TrainerState:
     if setup.is_main:
         write_text_atomic(setup.output_dir / "config.yaml", setup.resolved_config)
         console.print(describe(setup) + (f" (resumed at step {state.step} from {resumed_from})" if resumed_from else ""))
+        for lengths in setup.lengths:
+            much = lengths.cut_texts > MUCH_CUT
+            console.print(("[bold yellow]warning:[/] " if much else "") + lengths.describe() + (f"; raise {lengths.option} to see more of them" if much else ""), highlight=False)
     return state
 
 
