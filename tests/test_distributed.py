@@ -134,7 +134,7 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         # with a learnable temperature, which only the synced last replay lets DDP reduce.
         model = DistributedDataParallel(TinyEncoder())
         batch = {"queries": {"input_ids": queries}, "documents": {"input_ids": documents}, "info": info}
-        loss, _, _ = gradcache_step(model, batch, CrossDevice(LOSSES["infonce"]), model.module.loss_params, 2, lambda l: l.backward(), model.no_sync)
+        loss, _, _ = gradcache_step(model, batch, CrossDevice(LOSSES["infonce"]), model.module.loss_params, 2, lambda loss: loss.backward(), model.no_sync)
         results["gradcache"] = (loss.item(), gradients(model.module))
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:

@@ -70,7 +70,7 @@ def in_mini_batches(model, features, chunk):
 def cached(model, batch, loss_fn, chunk):
     torch.manual_seed(0)
     model.zero_grad()
-    loss, _, _ = gradcache_step(model, batch, loss_fn, model.loss_params, chunk, lambda l: l.backward(), contextlib.nullcontext)
+    loss, _, _ = gradcache_step(model, batch, loss_fn, model.loss_params, chunk, lambda loss: loss.backward(), contextlib.nullcontext)
     return loss, gradients(model)
 
 

@@ -82,7 +82,7 @@ def numpy_qwen3(q, d, k, tau, margin, query_texts, doc_texts, mask=True):
     for i in range(b):
         s_pos = q[i] @ d[i]
 
-        def kept(score, duplicate):
+        def kept(score, duplicate, s_pos=s_pos):
             return not mask or (score <= s_pos + margin and not duplicate)
 
         z = [s_pos]

@@ -133,7 +133,7 @@ def test_simcse_gradcache_replays_each_view(tiny_bert_dir):
 
     torch.manual_seed(0)
     model.zero_grad()
-    loss, cached_queries, cached_documents = gradcache_step(model, batch, loss_fn, model.loss_params, len(texts), lambda l: l.backward(), contextlib.nullcontext)
+    loss, cached_queries, cached_documents = gradcache_step(model, batch, loss_fn, model.loss_params, len(texts), lambda loss: loss.backward(), contextlib.nullcontext)
     assert loss.item() == pytest.approx(plain_loss.item(), rel=1e-5)
     assert torch.allclose(cached_queries, queries.detach(), atol=1e-6) and torch.allclose(cached_documents, documents.detach(), atol=1e-6)
     assert not torch.allclose(cached_queries, cached_documents, atol=1e-4)  # two views, not one mask twice

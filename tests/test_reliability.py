@@ -108,9 +108,9 @@ class NaNAtStep:
         self.calls, self.bad_call, self.repeat_every, self.inner = 0, bad_call, repeat_every, InfoNCE()
         self.temperature = self.inner.temperature
 
-    def __call__(self, queries, documents, info=None, params={}):
+    def __call__(self, queries, documents, info=None, params=None):
         self.calls += 1
-        loss = self.inner(queries, documents, info, params)
+        loss = self.inner(queries, documents, info, params or {})
         after = self.calls - self.bad_call
         bad = after == 0 or (self.repeat_every and after > 0 and after % self.repeat_every == 0)
         return loss * float("nan") if bad else loss
