@@ -22,6 +22,7 @@ from embedtune.data.collate import PairCollator
 from embedtune.data.sampler import ShuffledBatchSampler
 from embedtune.data.types import ScoredPairSet, TrainEvalData
 from embedtune.errors import ConfigError, DataError
+from embedtune.hub import check_upload
 from embedtune.losses.matryoshka import Matryoshka
 from embedtune.lora import apply_lora
 from embedtune.model import Embedder, hub_id, load_embedder
@@ -80,6 +81,8 @@ class TrainingSetup:
     batch_size: int
     negatives_per_query: int
     card: TrainingRecipe  # what the saved models' cards say about the run
+    hub_repo_id: str | None  # upload final/ there after training
+    hub_private: bool
 
     @property
     def is_main(self) -> bool:
@@ -91,6 +94,8 @@ class TrainingSetup:
 
 def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
     """Every phase of the set-up, in order; raises `ConfigError` / `DataError` before training."""
+    if cfg.hub.repo_id is not None:  # first: a run that cannot publish stops before it loads or trains anything
+        check_upload(cfg.hub.repo_id, cfg.hub.exist_ok)
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
@@ -127,6 +132,7 @@ def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
         tracker_config=tracking.hyperparameters(cfg) if cfg.logger != "none" else {},
         batch_size=cfg.batch.size, negatives_per_query=cfg.negatives.per_query,
         card=card_recipe(cfg, data, loss_fn.loss if isinstance(loss_fn, CrossDevice) else loss_fn, resolved_config),
+        hub_repo_id=cfg.hub.repo_id, hub_private=cfg.hub.private,
     )  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from embedtune.eval.held_out import evaluate_held_out
 from embedtune.eval.tables import comparison_table
 from embedtune.eval.tasks import TASK_TITLES, task_of
 from embedtune.fileio import json_text, write_text_atomic
+from embedtune.hub import upload_model
 from embedtune.training import checkpoint
 from embedtune.model_card import CARD_FILE
 from embedtune.training.build import TrainingSetup, build
@@ -148,18 +149,22 @@ def finish(setup: TrainingSetup, state: TrainerState, log: RunLog) -> dict:
     card that gains the held-out numbers once they exist."""
     accelerator, total_steps = setup.accelerator, setup.settings.total_steps
     final = setup.output_dir / "final"
+    model_id = setup.hub_repo_id or str(final)  # what the card's usage snippet loads
     accelerator.wait_for_everyone()
     if setup.is_main:
-        setup.unwrapped_model().save(final, card=run_card(setup, state, str(final)))
+        setup.unwrapped_model().save(final, card=run_card(setup, state, model_id))
     after = evaluate(setup)
     log.eval_point(total_steps, after)
     accelerator.end_training()
     result = {"before": state.before, "after": after, "steps": total_steps}
     if setup.is_main and setup.data.eval is not None:
-        write_text_atomic(final / CARD_FILE, run_card(setup, state, str(final), after=after))
+        write_text_atomic(final / CARD_FILE, run_card(setup, state, model_id, after=after))
         write_text_atomic(setup.output_dir / "eval.json", json_text({"data": setup.data.eval.name, **result}))
         stdout.print(comparison_table(f"held-out {TASK_TITLES[task_of(after)]}: {setup.data.eval.name}", state.before, after))
-        console.print(f"model saved to [bold]{setup.output_dir / 'final'}[/]")
+        console.print(f"model saved to [bold]{final}[/]")
+    if setup.is_main and setup.hub_repo_id:
+        url = upload_model(final, setup.hub_repo_id, setup.hub_private, f"embedtune: {setup.card.loss_name} fine-tune of {setup.card.base_model}, {total_steps} steps")
+        console.print(f"uploaded to [bold]{url}[/]")
     return result
 
 
