@@ -23,8 +23,8 @@ def main(args: list[str]) -> None:
         "report",
         "Pictures and tables of a training run: training curves (loss, lr, pairs/s, embedding std, "
         "similarity gap vs step) from RUN_DIR/train_log.jsonl. For a sweep folder (runs/<x>-sweep/, one subfolder per "
-        f"run with eval.json): the runs as a table sorted by the held-out {' or '.join(SWEEP_METRICS)} after training, "
-        "the best run named, and that metric against the swept value.",
+        f"run with eval.json; a grid or an Optuna search): the runs as a table sorted by the held-out {' or '.join(SWEEP_METRICS)} after "
+        "training, the best run named (and Optuna's own verdict from optimization_results.yaml), and that metric against the swept value.",
         "examples:\n  embedtune report runs/sft\n  embedtune report runs/sft-sweep",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (train_log.jsonl) or a sweep folder")
