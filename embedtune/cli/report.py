@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
 from embedtune.cli.common import add_overwrite_flag, check_outputs, command_parser, fail, plots_module
 from embedtune.errors import EmbedtuneError
 from embedtune.fileio import read_json
@@ -13,6 +15,7 @@ from embedtune.eval.tasks import SWEEP_METRICS, TASK_TITLES, task_of
 
 SWEEP_ALSO_SHOWN = ("mrr@10", "recall@10", "pearson")
 SWEEP_RUN = re.compile(r"^\d+_(?P<overrides>.+)$")  # Hydra's <job number>_<override_dirname>
+OPTUNA_RESULTS = "optimization_results.yaml"  # the Optuna sweeper's verdict, beside the runs
 
 
 def main(args: list[str]) -> None:
@@ -20,8 +23,8 @@ def main(args: list[str]) -> None:
         "report",
         "Pictures and tables of a training run: training curves (loss, lr, pairs/s, embedding std, "
         "similarity gap vs step) from RUN_DIR/train_log.jsonl. For a sweep folder (runs/<x>-sweep/, one subfolder per "
-        f"run with eval.json): the runs as a table sorted by the held-out {' or '.join(SWEEP_METRICS)} after training, "
-        "the best run named, and that metric against the swept value.",
+        f"run with eval.json; a grid or an Optuna search): the runs as a table sorted by the held-out {' or '.join(SWEEP_METRICS)} after "
+        "training, the best run named (and Optuna's own verdict from optimization_results.yaml), and that metric against the swept value.",
         "examples:\n  embedtune report runs/sft\n  embedtune report runs/sft-sweep",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (train_log.jsonl) or a sweep folder")
@@ -83,6 +86,16 @@ def sweep_overrides(folder_name: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in parts)
 
 
+def _short(value: str) -> str:
+    """A swept value as the table shows it: a number Optuna drew (0.08116262258099886) to 4
+    significant digits; anything else as written."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}" if len(value) > 8 else value
+
+
 def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
     """The sweep's runs as a table sorted by its headline metric (the first of SWEEP_METRICS its runs have) after training, the best named; the
     metric against the swept value; all runs' training curves on the same axes."""
@@ -116,7 +129,7 @@ def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
         change = run["after"][headline] - run["before"][headline] if headline in run["after"] and headline in run["before"] else None
         table.add_row(
             run["folder"].name.split("_", 1)[0] if SWEEP_RUN.match(run["folder"].name) else run["folder"].name,
-            *(run["overrides"].get(key, "") for key in swept),
+            *(_short(run["overrides"].get(key, "")) for key in swept),
             *(f"{run['after'][m]:.4f}" if m in run["after"] else "-" for m in metrics),
             f"{change:+.4f}" if change is not None else "-",
             next((f"{record['loss']:.4f}" for record in reversed(run["log"]) if "loss" in record), "-"),
@@ -124,6 +137,10 @@ def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
     stdout.print(table)
     best = scored[0]
     print(f"best: {best['folder'].name} ({headline} {best['after'][headline]:.4f})")
+    if (sweep_dir / OPTUNA_RESULTS).is_file():  # a searched sweep: what Optuna itself concluded
+        found = yaml.safe_load((sweep_dir / OPTUNA_RESULTS).read_text(encoding="utf-8")) or {}
+        params = ", ".join(f"{key}={_short(str(value))}" for key, value in (found.get("best_params") or {}).items())
+        print(f"optuna ({OPTUNA_RESULTS}): best value {found.get('best_value')} at {params}")
 
     parameter = swept[0] if len(swept) == 1 else "run"
     values = [run["overrides"].get(parameter, "") if len(swept) == 1 else ",".join(f"{k}={run['overrides'].get(k, '')}" for k in swept) for run in scored]

@@ -21,11 +21,13 @@ from transformers import get_scheduler
 from embedtune.data.collate import PairCollator
 from embedtune.data.lengths import Lengths, measure, sample_pairs
 from embedtune.data.sampler import ShuffledBatchSampler
-from embedtune.data.types import TrainEvalData
+from embedtune.data.types import ScoredPairSet, TrainEvalData
 from embedtune.errors import ConfigError, DataError
+from embedtune.hub import check_upload
 from embedtune.losses.matryoshka import Matryoshka
 from embedtune.lora import apply_lora
-from embedtune.model import Embedder, load_embedder
+from embedtune.model import Embedder, hub_id, load_embedder
+from embedtune.model_card import TrainingRecipe
 from embedtune.training import checkpoint, tracking
 from embedtune.training.config import instantiate_group
 from embedtune.training.distributed import CrossDevice, check_launch, freeze_unused_pooler
@@ -80,6 +82,9 @@ class TrainingSetup:
     batch_size: int
     negatives_per_query: int
     lengths: list[Lengths]  # token lengths of a sample of the pairs, against max_length
+    card: TrainingRecipe  # what the saved models' cards say about the run
+    hub_repo_id: str | None  # upload final/ there after training
+    hub_private: bool
 
     @property
     def is_main(self) -> bool:
@@ -91,6 +96,8 @@ class TrainingSetup:
 
 def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
     """Every phase of the set-up, in order; raises `ConfigError` / `DataError` before training."""
+    if cfg.hub.repo_id is not None:  # first: a run that cannot publish stops before it loads or trains anything
+        check_upload(cfg.hub.repo_id, cfg.hub.exist_ok)
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
@@ -119,13 +126,16 @@ def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
             "gives every step a learning rate of 0: nothing would train. Use more steps or train.warmup_ratio=0"
         )
     accelerator.register_for_checkpointing(scheduler)
+    resolved_config = OmegaConf.to_yaml(cfg, resolve=True)
     return TrainingSetup(
         accelerator=accelerator, data=data, model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
         loader=loader, sampler=sampler, settings=settings(cfg, total_steps, steps_per_epoch),
         output_dir=output_dir, resume_from=checkpoint.find(cfg.resume, output_dir), resume=cfg.resume, overwrite=cfg.overwrite,
-        resolved_config=OmegaConf.to_yaml(cfg, resolve=True), tracker=None if cfg.logger == "none" else cfg.logger,
+        resolved_config=resolved_config, tracker=None if cfg.logger == "none" else cfg.logger,
         tracker_config=tracking.hyperparameters(cfg) if cfg.logger != "none" else {},
         batch_size=cfg.batch.size, negatives_per_query=cfg.negatives.per_query, lengths=lengths,
+        card=card_recipe(cfg, data, loss_fn.loss if isinstance(loss_fn, CrossDevice) else loss_fn, resolved_config),
+        hub_repo_id=cfg.hub.repo_id, hub_private=cfg.hub.private,
     )  # fmt: skip
 
 
@@ -243,6 +253,47 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def card_recipe(cfg: DictConfig, data: TrainEvalData, loss_fn, resolved_config: str) -> TrainingRecipe:
+    """What the model cards say about the run: the base model, the data and its Hub data sets
+    (``hf:NAME`` sources), the loss with its docstrings (formula and papers), the settings that
+    shape the result, and the whole resolved config."""
+    losses = [loss_fn, loss_fn.loss] if isinstance(loss_fn, Matryoshka) else [loss_fn]
+    loss_settings = {f"loss.{key}": value for key, value in cfg.loss.items() if key != "_target_"}
+    chosen = {
+        "stage": cfg.run_name, "batch.size": cfg.batch.size, "negatives.per_query": cfg.negatives.per_query,
+        "train.lr": cfg.train.lr, "train.scheduler": cfg.train.scheduler, "train.warmup_ratio": cfg.train.warmup_ratio,
+        "train.weight_decay": cfg.train.weight_decay, "train.max_grad_norm": cfg.train.max_grad_norm, "train.epochs": cfg.train.epochs,
+        "train.max_steps": cfg.train.max_steps, "train.mixed_precision": cfg.train.mixed_precision,
+        "train.query_max_length": cfg.train.query_max_length, "backbone.max_length": cfg.backbone.max_length, **loss_settings,
+        "temperature.learnable": cfg.temperature.learnable, "mrl.dims": cfg.mrl.dims, "batch.gradcache": cfg.batch.gradcache,
+        "batch.no_duplicates": cfg.batch.no_duplicates, "negatives.cross_device": cfg.negatives.cross_device,
+        "lora.enabled": cfg.lora.enabled, "seed": cfg.seed,
+    }  # fmt: skip
+    sources = OmegaConf.to_container(cfg.data, resolve=True)
+    return TrainingRecipe(
+        base_model=cfg.backbone.path,
+        base_model_id=hub_id(cfg.backbone.path),
+        loss_name="(".join(type(loss).__name__ for loss in losses) + ")" * (len(losses) - 1),
+        loss_descriptions=[type(loss).__doc__ or "" for loss in losses],
+        data_source=data.source or "data",
+        train_pairs=len(data.train) if data.stream is None else None,
+        datasets=hub_datasets(sources),
+        eval_name=data.eval.name if data.eval is not None else None,
+        eval_task=None if data.eval is None else "sts" if isinstance(data.eval, ScoredPairSet) else "retrieval",
+        hyperparameters={key: OmegaConf.to_container(value) if OmegaConf.is_config(value) else value for key, value in chosen.items()},
+        config_yaml=resolved_config,
+    )
+
+
+def hub_datasets(node) -> list[str]:
+    """The Hugging Face data sets a data config reads: every ``hf:NAME[:SPLIT]`` in it, as NAME."""
+    if isinstance(node, dict):
+        return list(dict.fromkeys(name for value in node.values() for name in hub_datasets(value)))
+    if isinstance(node, list):
+        return list(dict.fromkeys(name for value in node for name in hub_datasets(value)))
+    return [node[3:].split(":")[0]] if isinstance(node, str) and node.startswith("hf:") else []
 
 
 def settings(cfg: DictConfig, total_steps: int, steps_per_epoch: int) -> Settings:

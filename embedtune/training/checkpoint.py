@@ -34,6 +34,7 @@ class TrainerState:
     before: dict | None = None  # the starting model's eval metrics, kept for the final table
     skipped_nonfinite: int = 0  # steps dropped for a NaN/inf loss or gradient (train.on_nonfinite=skip)
     nonfinite_in_a_row: int = 0  # of those, how many just now, one after another
+    train_seconds: float = 0.0  # wall time of the training loop so far, over every session of a resumed run
 
 
 def state_dir(output_dir: Path, step: int) -> Path:

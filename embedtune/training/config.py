@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from embedtune.errors import ConfigError, EmbedtuneError
+from embedtune.model import HUB_ID
 from embedtune.pooling import POOLINGS
 from embedtune.training.tracking import check_logger
 
@@ -125,6 +126,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.temperature.learnable:
         low, high = cfg.temperature.min, cfg.temperature.max
         _require(_is_number(low) and _is_number(high) and 0 < low < high, "temperature.min/max", "numbers with 0 < min < max", (low, high))
+    hub = cfg.hub
+    _require(hub.repo_id is None or (isinstance(hub.repo_id, str) and HUB_ID.match(hub.repo_id) is not None), "hub.repo_id", "null or a Hub repository id (user/name)", hub.repo_id)
+    _require(isinstance(hub.private, bool), "hub.private", "true or false", hub.private)
+    _require(isinstance(hub.exist_ok, bool), "hub.exist_ok", "true or false", hub.exist_ok)
     _require(_is_number(cfg.collapse.warn_below) and cfg.collapse.warn_below >= 0, "collapse.warn_below", "a number >= 0", cfg.collapse.warn_below)
     instantiate_group(cfg.loss, "loss")  # the loss checks its own arguments (temperature > 0, ...)
 

@@ -70,6 +70,20 @@ def check_launch(num_processes: int) -> None:
         )
 
 
+def join_submitit_tasks() -> None:
+    """Inside a job of Hydra's submitit launcher with several tasks (``tasks_per_node: 4``, e.g.
+    ``hydra/launcher=slurm_gpu``), make each task one process of the run, as ``accelerate
+    launch`` would: export ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+    ``MASTER_PORT`` from the job's SLURM (or local) environment. Every task keeps all the node's
+    GPUs visible; Accelerate picks ``cuda:LOCAL_RANK``. Nothing changes elsewhere."""
+    if "SUBMITIT_EXECUTOR" not in os.environ or "RANK" in os.environ:
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def freeze_unused_pooler(model: torch.nn.Module) -> None:
     """Freeze the backbone's pooler head (BERT, RoBERTa, MPNet, ...), which embeddings never use.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,8 +22,11 @@ from embedtune.eval.held_out import evaluate_held_out
 from embedtune.eval.tables import comparison_table
 from embedtune.eval.tasks import TASK_TITLES, task_of
 from embedtune.fileio import json_text, write_text_atomic
+from embedtune.hub import upload_model
 from embedtune.training import checkpoint
+from embedtune.model_card import CARD_FILE
 from embedtune.training.build import TrainingSetup, build
+from embedtune.training.card import run_card
 from embedtune.training.checkpoint import TrainerState
 from embedtune.training.config import apply_renamed_keys, validate
 from embedtune.training.outputs import clear_run_outputs
@@ -46,6 +50,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     try:
         with progress_bar("training", total_steps, enabled=setup.is_main, status=True) as advance, stop_requests() as stop_requested:
             advance(state.step)
+            clock_start, seconds_before = time.perf_counter(), state.train_seconds
             for batch in batches_until_done(setup, state):
                 micro = train_step(setup, batch, state)  # forward, backward; the update when gradients sync
                 if not micro.finite:
@@ -55,6 +60,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
                     continue
                 setup.scheduler.step()
                 state.step += 1
+                state.train_seconds = seconds_before + time.perf_counter() - clock_start
                 advance(status=log.step_done(state, setup.scheduler.get_last_lr()[0], setup.unwrapped_model().loss_params, total_steps))
                 between_steps(setup, state, log, stop_requested())  # the eval curve, saves, Ctrl-C
     finally:
@@ -126,10 +132,13 @@ def between_steps(setup: TrainingSetup, state: TrainerState, log: RunLog, stop_r
     step, settings = state.step, setup.settings
     if step >= settings.total_steps:
         return
+    metrics = None
     if settings.eval_every and step % settings.eval_every == 0:
-        log.eval_point(step, evaluate(setup, show_progress=False))
+        metrics = evaluate(setup, show_progress=False)
+        log.eval_point(step, metrics)
     if setup.is_main and settings.model_every and step % settings.model_every == 0:
-        setup.unwrapped_model().save(setup.output_dir / "models" / f"step-{step:05d}")
+        folder = setup.output_dir / "models" / f"step-{step:05d}"
+        setup.unwrapped_model().save(folder, card=run_card(setup, state, str(folder), after=metrics))
     if settings.state_every and step % settings.state_every == 0:
         checkpoint.save(setup.accelerator, setup.output_dir, state, settings.keep_last_states)
     if stop_requested:
@@ -139,19 +148,27 @@ def between_steps(setup: TrainingSetup, state: TrainerState, log: RunLog, stop_r
 
 
 def finish(setup: TrainingSetup, state: TrainerState, log: RunLog) -> dict:
-    """Save the final model, score it on the held-out set, and write and show the comparison."""
+    """Save the final model, score it on the held-out set, and write and show the comparison.
+    The model is saved before it is scored (an evaluation that fails loses no training), with a
+    card that gains the held-out numbers once they exist."""
     accelerator, total_steps = setup.accelerator, setup.settings.total_steps
+    final = setup.output_dir / "final"
+    model_id = setup.hub_repo_id or str(final)  # what the card's usage snippet loads
     accelerator.wait_for_everyone()
     if setup.is_main:
-        setup.unwrapped_model().save(setup.output_dir / "final")
+        setup.unwrapped_model().save(final, card=run_card(setup, state, model_id))
     after = evaluate(setup)
     log.eval_point(total_steps, after)
     accelerator.end_training()
     result = {"before": state.before, "after": after, "steps": total_steps}
     if setup.is_main and setup.data.eval is not None:
+        write_text_atomic(final / CARD_FILE, run_card(setup, state, model_id, after=after))
         write_text_atomic(setup.output_dir / "eval.json", json_text({"data": setup.data.eval.name, **result}))
         stdout.print(comparison_table(f"held-out {TASK_TITLES[task_of(after)]}: {setup.data.eval.name}", state.before, after))
-        console.print(f"model saved to [bold]{setup.output_dir / 'final'}[/]")
+        console.print(f"model saved to [bold]{final}[/]")
+    if setup.is_main and setup.hub_repo_id:
+        url = upload_model(final, setup.hub_repo_id, setup.hub_private, f"embedtune: {setup.card.loss_name} fine-tune of {setup.card.base_model}, {total_steps} steps")
+        console.print(f"uploaded to [bold]{url}[/]")
     return result
 
 
