@@ -45,8 +45,8 @@ def gram(vectors: list[Tensor]) -> Tensor:
     """The Gram matrix Gᵢⱼ = vᵢ·vⱼ of the flattened tensors, in float64, shape (n, n)."""
     if any(v.shape != vectors[0].shape for v in vectors):
         raise ValueError(f"cannot merge tensors of different shapes {[tuple(v.shape) for v in vectors]}")
-    stacked = torch.stack([v.detach().reshape(-1).to(torch.float64) for v in vectors])  # (n, numel)
-    return stacked @ stacked.T
+    stacked = torch.stack([v.detach().reshape(-1).to(torch.float64) for v in vectors]).numpy()  # (n, numel)
+    return torch.from_numpy(stacked @ stacked.T)  # numpy's BLAS: torch's threaded matmul stalls on small blocks on busy cores
 
 
 def combine(coefficients: Tensor, tensors: list[Tensor], base: Tensor | None = None) -> Tensor:
@@ -214,7 +214,9 @@ def magnitude_threshold(blocks: Callable[[], Iterable[Tensor]], density: float) 
     low_counts = torch.zeros(1 << 16, dtype=torch.int64)
     for block in blocks():
         bits = _magnitude_bits(block)
-        low_counts += torch.bincount(bits[(bits >> 16) == high] & 0xFFFF, minlength=1 << 16)
+        in_bin = bits[(bits >> 16) == high]
+        if len(in_bin):
+            low_counts += torch.bincount(in_bin & 0xFFFF, minlength=1 << 16)
     low, _ = _bin_holding(low_counts, k - above)
     return float(torch.tensor([(high << 16) | low], dtype=torch.int32).view(torch.float32))
 
