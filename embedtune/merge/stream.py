@@ -374,18 +374,23 @@ class Merge:
 
     def tensor(self, name: str) -> Iterator[Tensor]:
         """The output blocks of tensor ``name`` in the first input's dtype: merged, or copied from
-        the first input when it is not floating-point or ``only`` does not match its name."""
+        the first input when it is not floating-point or ``only`` does not match its name.
+        Methods with one coefficient per input get them from the tensor's Gram matrix and
+        combine the blocks; sparsified ones work entry by entry."""
         first = self.inputs[0]
         if not _is_float(_describe(first[name], name)[1]) or (self.only is not None and not self.only.search(name)):
             self.counts["copied"] += 1
             return (blocks[0] for _, blocks in self.blocks(name, [first]))
+        weights = _tensor_weights(name, self.weights, self.schedule)
         gram_matrix, base_squared = self.statistics(name)
         self.total_gram += gram_matrix
         self.base_squared += base_squared
-        merged, fell_back = self.merged_blocks(name, _tensor_weights(name, self.weights, self.schedule), gram_matrix)
         self.counts["merged"] += 1
+        if self.sparsify is not None:
+            return self._sparse_blocks(name, weights)
+        coefficients, fell_back = self._coefficients(weights, gram_matrix)
         self.counts["lerp_fallbacks"] += fell_back
-        return (block.to(stored.dtype) for block, stored in merged)
+        return (combine(coefficients, inputs, base).to(inputs[0].dtype) for _, inputs, base in self._blocks_with_base(name))
 
     def distances(self) -> dict:
         """How far apart the inputs were over the merged tensors (`_distances`)."""
@@ -408,54 +413,41 @@ class Merge:
         """(the Gram matrix of the inputs' task vectors, or of their weights without a base;
         ‖θ_base‖², 0 without a base) of tensor ``name``, summed over row blocks in float64."""
         total, base_squared = torch.zeros(len(self.inputs), len(self.inputs), dtype=torch.float64), 0.0
-        for _, blocks in self.blocks(name, self._sources()):
-            base = blocks[-1] if self.base is not None else None
-            total += gram(task_vectors(blocks[: len(self.inputs)], base))
+        for _, inputs, base in self._blocks_with_base(name):
+            total += gram(task_vectors(inputs, base))
             if base is not None:
                 base_squared += float(base.to(torch.float64).pow(2).sum())
         return total, base_squared
 
-    def merged_blocks(self, name: str, weights: list[float], gram_matrix: Tensor) -> tuple[Iterator[tuple[Tensor, Tensor]], bool]:
-        """(an iterator over (merged block in float32, the first input's block), whether the
-        tensor fell back to lerp). Methods with one coefficient per input combine the blocks
-        with coefficients from the Gram matrix; sparsified ones work entry by entry."""
-        fell_back = False
-        if self.sparsify is None:
-            if self.method == "slerp":
-                coefficients, fell_back = slerp_coefficients(gram_matrix, weights)
-            elif self.method == "model_stock":
-                coefficients = model_stock_coefficients(gram_matrix)
+    def _blocks_with_base(self, name: str) -> Iterator[tuple[int, list[Tensor], Tensor | None]]:
+        """(flat index of the first entry, the inputs' blocks, the base's block or None)."""
+        if self.base is None:
+            return ((start, blocks, None) for start, blocks in self.blocks(name, self.inputs))
+        return ((start, blocks[:-1], blocks[-1]) for start, blocks in self.blocks(name, [*self.inputs, self.base]))
+
+    def _coefficients(self, weights: list[float], gram_matrix: Tensor) -> tuple[Tensor, bool]:
+        """One coefficient per input, and whether slerp fell back to lerp."""
+        if self.method == "slerp":
+            return slerp_coefficients(gram_matrix, weights)
+        if self.method == "model_stock":
+            return model_stock_coefficients(gram_matrix), False
+        return linear_coefficients(weights), False
+
+    def _sparse_blocks(self, name: str, weights: list[float]) -> Iterator[Tensor]:
+        """θ_base + the TIES mean (ties) or the weighted mean (linear) of the task vectors
+        trimmed by magnitude or dropped at random (DARE), block by block."""
+        n = len(self.inputs)
+        thresholds = [self._magnitude_threshold(name, i) for i in range(n)] if self.sparsify == "magnitude" else None
+        keys = [_stream_key(self.seed, i, name) for i in range(n)]
+        for start, inputs, base in self._blocks_with_base(name):
+            base32 = base.to(torch.float32)
+            deltas = task_vectors(inputs, base32)
+            if thresholds is not None:
+                deltas = [trim(delta, threshold) for delta, threshold in zip(deltas, thresholds)]
             else:
-                coefficients = linear_coefficients(weights)
-            merge_block = self._combiner(coefficients)
-        else:
-            merge_block = self._sparse_combiner(name, weights)
-        return ((merge_block(start, blocks), blocks[0]) for start, blocks in self.blocks(name, self._sources())), fell_back
-
-    def _sources(self) -> list[dict]:
-        return [*self.inputs, self.base] if self.base is not None else self.inputs
-
-    def _combiner(self, coefficients: Tensor) -> Callable[[int, list[Tensor]], Tensor]:
-        n = len(self.inputs)
-        return lambda _start, blocks: combine(coefficients, blocks[:n], blocks[n] if self.base is not None else None)
-
-    def _sparse_combiner(self, name: str, weights: list[float]) -> Callable[[int, list[Tensor]], Tensor]:
-        """θ_base + the TIES mean (ties) or the weighted mean (linear) of the sparsified task vectors."""
-        n = len(self.inputs)
-        if self.sparsify == "magnitude":
-            thresholds = [self._magnitude_threshold(name, i) for i in range(n)]
-            sparsifiers = [lambda delta, _start, threshold=threshold: trim(delta, threshold) for threshold in thresholds]
-        else:
-            keys = [_stream_key(self.seed, i, name) for i in range(n)]
-            sparsifiers = [lambda delta, start, key=key: dare(delta, self.density, key, start) for key in keys]
-
-        def merge_block(start: int, blocks: list[Tensor]) -> Tensor:
-            base = blocks[n].to(torch.float32)
-            deltas = [sparsify(delta, start) for sparsify, delta in zip(sparsifiers, task_vectors(blocks[:n], base))]
+                deltas = [dare(delta, self.density, key, start) for delta, key in zip(deltas, keys)]
             merged = ties_mean(deltas, weights) if self.method == "ties" else combine(linear_coefficients(weights), deltas)
-            return base + merged
-
-        return merge_block
+            yield (base32 + merged).to(inputs[0].dtype)
 
     def _magnitude_threshold(self, name: str, index: int) -> float:
         """The trim threshold of input ``index``'s task vector in tensor ``name``."""
