@@ -119,10 +119,10 @@ def _distance_table(summary: dict):
         title, norm_header, vector = "checkpoints (no --base: whole weights)", "‖θᵢ − θ₁‖ / ‖θ₁‖", "θ"
     table = Table(title=f"how far apart: {title}, over the {summary['merged']} merged tensors")
     table.add_column("#", justify="right")
-    table.add_column("checkpoint")
+    table.add_column("checkpoint", overflow="fold")
     table.add_column(norm_header, justify="right")
     for j in range(len(labels)):
         table.add_column(f"cos({vector}ᵢ, {vector}{j + 1})", justify="right")
     for i, label in enumerate(labels):
-        table.add_row(str(i + 1), label, f"{distances['relative_norms'][i]:.4g}", *(f"{cos:.4f}" for cos in distances["cosines"][i]))
+        table.add_row(str(i + 1), label, f"{distances['relative_norms'][i]:.3g}", *(f"{cos:.6f}" for cos in distances["cosines"][i]))
     return table

@@ -129,9 +129,10 @@ def model_stock_coefficients(gram_matrix: Tensor, eps: float = EPS) -> Tensor:
 
         θ = θ_b + t·(1/N)·Σᵢ δᵢ,   t = N·cosθ / (1 + (N − 1)·cosθ),
 
-    the point of the fine-tunes' average closest to the centre of the sphere they lie on: nearly
-    orthogonal task vectors (cos θ → 0) pull the merge back to the base, agreeing ones (cos θ → 1)
-    keep their average. cos θ is clipped to [0, 1] (the paper assumes it positive), and a task
+    the point between the base and the fine-tunes' average that lies nearest the centre the
+    fine-tunes scatter around, when they sit at equal norms and equal angles θ from it (the
+    paper's geometry, per layer; here per tensor): nearly orthogonal task vectors (cos θ → 0)
+    pull the merge back to the base, agreeing ones (cos θ → 1) keep their average. cos θ is clipped to [0, 1] (the paper assumes it positive), and a task
     vector with norm below ``eps`` counts as orthogonal. Returns cᵢ = t/N.
     """
     n = len(gram_matrix)
