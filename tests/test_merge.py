@@ -1,5 +1,7 @@
-"""`embedtune merge`: slerp and soups against closed forms computed in numpy, then whole merges of
-tiny random BERTs written to disk, checked tensor by tensor, loaded, and run from the command line."""
+"""`embedtune merge`: slerp, soups and the task-vector methods (slerp of task vectors, TIES, DARE,
+Model Stock) against closed forms computed in numpy or by hand, then whole merges of tiny random
+BERTs written to disk, checked tensor by tensor (row blocks against whole tensors), loaded, and run
+from the command line."""
 
 import itertools
 import json
