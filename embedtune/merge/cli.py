@@ -35,7 +35,7 @@ def merge_command(args: list[str]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     method = parser.add_mutually_exclusive_group(required=True)
-    method.add_argument("--slerp", dest="method", action="store_const", const="slerp", help="spherical interpolation of each tensor's direction, norms interpolated linearly; 3+ checkpoints: their spherical mean")
+    method.add_argument("--slerp", dest="method", action="store_const", const="slerp", help="spherical interpolation of each tensor's direction (with --base: of each task vector's), norms interpolated linearly; 3+ checkpoints: their spherical mean")
     method.add_argument("--linear", dest="method", action="store_const", const="linear", help="the weighted average of the weights (with --base and --sparsify: of the sparsified task vectors)")
     method.add_argument("--ties", dest="method", action="store_const", const="ties", help="TIES-Merging (needs --base): trim each task vector to its top --density magnitudes, elect each entry's sign by total mass, average the agreeing entries")
     method.add_argument("--model-stock", dest="method", action="store_const", const="model_stock", help="Model Stock (needs --base): the average task vector, scaled per tensor by a ratio from the angle between the task vectors")
