@@ -407,6 +407,15 @@ def saved_settings(folder: Path) -> dict:
     return settings
 
 
+def saved_model(folder: Path) -> SavedModel:
+    """What a model card says about a saved model, read from its files without loading weights:
+    its size, max length, pooling, prompts and Matryoshka sizes."""
+    settings = saved_settings(folder)
+    config = read_json(folder / "config.json", "model config")
+    own = read_json(folder / EMBEDTUNE_CONFIG, "model config") if (folder / EMBEDTUNE_CONFIG).is_file() else {}
+    return SavedModel(config.get("hidden_size", 0), settings.get("max_length") or 256, settings.get("pooling", "mean"), settings.get("prompts") or {}, own.get("matryoshka_dims", []))
+
+
 def load_embedder(
     name_or_path: str,
     pooling: str | None = None,

@@ -127,11 +127,14 @@ def merge_card(
     layer_t: Sequence[tuple[str, float]] = (),
     only: str | None = None,
     base_model_ids: Sequence[str] = (),
+    task_vectors: Mapping[str, object] | None = None,
 ) -> str:
-    """The card of a merge of model folders ``inputs`` by ``method`` (slerp, linear) with one weight
-    per input (for two inputs, ``t`` is the second's weight); ``layer_t`` [(regex, t)] and ``only``
-    as `embedtune merge` took them. ``base_model_ids``: the Hub ids the inputs were trained from
-    (their own cards' ``base_model``, see `card_base_models`), listed as the merge's base models."""
+    """The card of a merge of model folders ``inputs`` by ``method`` (slerp, linear, ties,
+    model_stock) with one weight per input (for two inputs, ``t`` is the second's weight);
+    ``layer_t`` [(regex, t)] and ``only`` as `embedtune merge` took them. ``base_model_ids``: the
+    Hub ids the inputs were trained from (their own cards' ``base_model``, see `card_base_models`),
+    listed as the merge's base models. ``task_vectors``: for a merge against a parent, the parent
+    and the sparsification settings, shown with the other settings."""
     meta: dict = {"library_name": "sentence-transformers", "pipeline_tag": "sentence-similarity",
                   "tags": ["sentence-transformers", "sentence-similarity", "feature-extraction", "embedtune", "merge", method]}  # fmt: skip
     bases = list(dict.fromkeys(base_model_ids))
@@ -140,7 +143,7 @@ def merge_card(
         meta["base_model_relation"] = "merge"
     inputs_table = "| input | weight |\n|---|---|\n" + "\n".join(f"| `{name}` | {weight:.4g} |" for name, weight in zip(inputs, weights))
     settings = {"method": method, **({"per-tensor t (first matching regex wins)": ", ".join(f"{p}: {t:g}" for p, t in layer_t)} if layer_t else {}),
-                **({"merged tensors": f"those matching `{only}`; the rest are the first input's"} if only else {})}  # fmt: skip
+                **({"merged tensors": f"those matching `{only}`; the rest are the first input's"} if only else {}), **(task_vectors or {})}  # fmt: skip
     sections = [
         f"# {model_id}",
         f"A sentence-transformers model merged by embedtune from {len(inputs)} models "

@@ -12,7 +12,7 @@
 #   EVAL         a held-out BEIR folder (or pairs file) the training never sees
 #   GPUS         processes to launch (default: all visible GPUs)
 #   TRAIN_OVERRIDES  Hydra overrides appended to both training stages (they win over the recipe's),
-#                e.g. a smoke run: TRAIN_OVERRIDES="train.max_steps=3 batch.size=16 train.save_every=1"
+#                e.g. a smoke run: TRAIN_OVERRIDES="train.max_steps=3 batch.size=16 save.model_every_n_steps=1"
 # Sizes are for 80 GB GPUs (H100/A100); halve batch.mini_batch_size if memory runs out.
 set -euo pipefail
 WORK=${1:-runs/qwen3}

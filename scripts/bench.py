@@ -43,9 +43,10 @@ package for both; max length 128 tokens for queries and documents alike):
   documents (default 5,000; ``--quick``: 1,000) and the 100k time is extrapolated linearly
   (encoding, which dominates, and the exact search are both linear in the corpus size);
   ``--mine-docs 100000`` measures it.
-- merge: ``embedtune merge --slerp`` of two checkpoints of the model (the model and a perturbed
-  copy) in its own process: time, and peak RSS above the process's RSS after imports, against
-  the size of the model's weights.
+- merge: each merge in its own process: ``embedtune merge --slerp`` of two checkpoints of the
+  model (two perturbed copies), then with the model itself as ``--base`` the task-vector
+  ``--slerp`` and ``--ties`` (three models read; TIES makes the most passes): time, and peak RSS
+  above the process's RSS after imports, against the size of the model's weights.
 - flops: achieved training FLOP/s of both toolkits' train steps at batch 32, counting the
   backbone's FLOPs on real (unpadded) tokens only (forward: 2 x weights per token plus
   attention over the text's own length; training = 3 x forward), as a share of this CPU's
@@ -415,33 +416,43 @@ def bench_mine(options, pairs: list[tuple[str, str]], corpus: list[str]) -> dict
     return {"queries": len(queries), "documents": len(corpus), "seconds": seconds, "seconds_100k": {name: s * 100_000 / len(corpus) for name, s in seconds.items()}}
 
 
+MERGE_RUNS = (("slerp", False), ("slerp", True), ("ties", True))  # (method, with the model as --base)
+
+
 def bench_merge(options) -> dict:
-    """SLERP of two checkpoints in its own process: seconds and peak RSS above imports."""
+    """Each of MERGE_RUNS in its own process: seconds and peak RSS above imports."""
     from safetensors.torch import load_file, save_file
 
+    runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        first, second = Path(tmp) / "a", Path(tmp) / "b"
+        base, first, second = Path(tmp) / "base", Path(tmp) / "a", Path(tmp) / "b"
         model = load_embedder(MODEL, max_length=MAX_LENGTH)
-        model.save(first)
-        model.save(second)
-        generator = torch.Generator().manual_seed(0)
-        weights = {name: value + 1e-3 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value for name, value in load_file(second / "model.safetensors").items()}
-        save_file(weights, second / "model.safetensors")
-        size = (first / "model.safetensors").stat().st_size
-        console.log(f"[bold]merge[/]: SLERP of two {size / 2**20:.0f} MiB checkpoints (own process)")
-        result = _worker([sys.executable, __file__, "--worker", "merge", str(first), str(second), str(Path(tmp) / "merged")])
-    return {**result, "model_mib": size / 2**20}
+        for folder in (base, first, second):
+            model.save(folder)
+        for seed, folder in enumerate((first, second)):
+            generator = torch.Generator().manual_seed(seed)
+            weights = {name: value + 1e-3 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value for name, value in load_file(folder / "model.safetensors").items()}
+            save_file(weights, folder / "model.safetensors")
+        size = (base / "model.safetensors").stat().st_size
+        for method, with_base in MERGE_RUNS:
+            label = f"{method} --base" if with_base else method
+            console.log(f"[bold]merge[/]: {label} of two {size / 2**20:.0f} MiB checkpoints (own process)")
+            out = Path(tmp) / label.replace(" --", "-")
+            runs[label] = _worker([sys.executable, __file__, "--worker", "merge", method, str(base) if with_base else "-", str(first), str(second), str(out)])
+    return {"model_mib": size / 2**20, "runs": runs}
 
 
-def merge_worker(paths: list[str]) -> dict:
-    """Merge in this process; the peak is Linux's VmHWM, reset after the imports (clear_refs 5),
-    so that importing torch's own transient peak does not hide the merge's."""
+def merge_worker(arguments: list[str]) -> dict:
+    """Merge in this process (arguments: method, base or "-", the inputs, the output); the peak
+    is Linux's VmHWM, reset after the imports (clear_refs 5), so that importing torch's own
+    transient peak does not hide the merge's."""
     from embedtune.merge.soup import merge_models
 
+    method, base, *inputs, out = arguments
     Path("/proc/self/clear_refs").write_text("5")
     before = _proc_status_mib("VmRSS")
     start = time.perf_counter()
-    merge_models(paths[:2], paths[2], "slerp", t=0.5)
+    merge_models(inputs, out, method, base=None if base == "-" else base)
     seconds = time.perf_counter() - start
     peak = _proc_status_mib("VmHWM")
     return {"seconds": seconds, "rss_before_mib": before, "peak_rss_mib": peak, "peak_above_imports_mib": peak - before}
@@ -698,8 +709,9 @@ def report(results: dict) -> Table:
             row("mine", "s, 100k docs (extrapolated, linear)", f"{mine['seconds_100k']['embedtune']:.0f}", f"{mine['seconds_100k']['sentence-transformers']:.0f}", None, "", None)
     if "merge" in results:
         merge = results["merge"]
-        share = merge["peak_above_imports_mib"] / merge["model_mib"]
-        row("merge", f"SLERP: s; peak RSS above imports / model ({merge['model_mib']:.0f} MiB)", f"{merge['seconds']:.1f} s; {share:.2f}x", "", None, "peak ~ 1 model", share <= 1.5)
+        for label, run in merge["runs"].items():
+            share = run["peak_above_imports_mib"] / merge["model_mib"]
+            row("merge", f"{label}: s; peak RSS above imports / model ({merge['model_mib']:.0f} MiB)", f"{run['seconds']:.1f} s; {share:.2f}x", "", None, "peak ~ 1 model", share <= 1.5)
     if "flops" in results:
         flops = results["flops"]
         row("flops", f"matmul peak {flops['peak_gflops']:.1f} GFLOP/s (2 threads, 2048^2 fp32)", "", "", None, "", None)

@@ -1,5 +1,7 @@
-"""`embedtune merge`: slerp and soups against closed forms computed in numpy, then whole merges of
-tiny random BERTs written to disk, checked tensor by tensor, loaded, and run from the command line."""
+"""`embedtune merge`: slerp, soups and the task-vector methods (slerp of task vectors, TIES, DARE,
+Model Stock) against closed forms computed in numpy or by hand, then whole merges of tiny random
+BERTs written to disk, checked tensor by tensor (row blocks against whole tensors), loaded, and run
+from the command line."""
 
 import itertools
 import json
@@ -13,7 +15,19 @@ from helpers import embedtune
 from safetensors.torch import load_file, save_file
 
 from embedtune.errors import EmbedtuneError
-from embedtune.merge.methods import lerp, linear_soup, slerp, slerp_soup
+from embedtune.merge.methods import (
+    dare,
+    lerp,
+    linear_soup,
+    magnitude_threshold,
+    model_stock,
+    slerp,
+    slerp_soup,
+    ties,
+    ties_mean,
+    trim,
+    uniform,
+)
 from embedtune.merge.soup import merge_models
 from embedtune.model import load_embedder
 
@@ -341,8 +355,8 @@ def test_bad_weights_are_errors_before_anything_is_read(kwargs, message, tmp_pat
 
 
 def test_output_cannot_be_an_input(models):
-    with pytest.raises(EmbedtuneError, match="output folder is one of the inputs"):
-        merge_models([str(models[0]), str(models[1])], str(models[1]), "slerp")
+    with pytest.raises(EmbedtuneError, match=rf"^--out {models[1]} is also an input \({models[1]}\)"):
+        merge_models([str(models[0]), str(models[1])], str(models[1]), "slerp", overwrite=True)
 
 
 def test_cli_merges_and_prints_a_summary(models, merged, tmp_path):
@@ -351,6 +365,26 @@ def test_cli_merges_and_prints_a_summary(models, merged, tmp_path):
     single = weights_of(merged[0])
     assert f"{len(single)} of {len(single)}" in result.stdout and "peak RSS" in result.stdout
     assert all(torch.equal(tensor, single[name]) for name, tensor in weights_of(tmp_path / "cli").items())
+
+
+def test_a_merge_carries_its_own_card_not_its_first_inputs(models, tmp_path):
+    """The inputs' cards name the model they started from; the merge's card names its inputs,
+    weights and parent, and lists that model as its base (relation: merge)."""
+    from embedtune.model_card import front_matter
+
+    inputs = [tmp_path / "a", tmp_path / "b"]
+    for source, target in zip(models, inputs):
+        shutil.copytree(source, target)
+        (target / "README.md").write_text("---\nbase_model: sentence-transformers/all-MiniLM-L6-v2\n---\n# the input's own card\n")
+    merge_models([str(inputs[0]), str(inputs[1])], str(tmp_path / "merged"), "slerp", t=0.25, base=str(models[2]))
+    card = (tmp_path / "merged" / "README.md").read_text()
+    meta = front_matter(card)
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["base_model_relation"] == "merge"
+    assert meta["library_name"] == "sentence-transformers" and "slerp" in meta["tags"]
+    assert "the input's own card" not in card
+    assert f"| `{inputs[0]}` | 0.75 |" in card and f"| `{inputs[1]}` | 0.25 |" in card
+    assert f"`{models[2]}`" in card  # the parent of the task vectors
+    assert load_embedder(str(tmp_path / "merged")).dim == 32
 
 
 def test_cli_error_is_one_line_and_writes_nothing(models, tmp_path):
@@ -362,3 +396,298 @@ def test_cli_error_is_one_line_and_writes_nothing(models, tmp_path):
     result = embedtune("merge", "--slerp", str(models[0]), str(models[1]), "--layer-t", "attention", "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and "--layer-t expects REGEX=T" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- task vectors: methods against closed forms ----------------------------------------------
+
+
+def reference_task_slerp(t, base, v0, v1):
+    """base + the closed-form slerp of the task vectors v0 − base and v1 − base, in numpy."""
+    b = np.asarray(base, np.float64)
+    return b + reference_slerp(t, np.asarray(v0, np.float64) - b, np.asarray(v1, np.float64) - b)
+
+
+def test_task_vector_slerp_of_orthogonal_deltas_is_the_closed_form():
+    e1, e2, e3 = orthonormal(3)
+    base = 500 * e3  # far from the origin, as weights are: slerp of the weights is lerp
+    v0, v1 = base + 2 * e1, base + 4 * e2  # task vectors 2·e1 and 4·e2, at 90°
+    for t in (0.25, 0.5, 0.8):
+        merged, fell_back = slerp_soup([v0, v1], [1 - t, t], base=base)
+        delta = merged - base
+        assert not fell_back
+        assert angle(delta, e1) == pytest.approx(t * np.pi / 2, abs=1e-9)
+        assert delta.norm().item() == pytest.approx((1 - t) * 2 + t * 4)
+        expected = base + ((1 - t) * 2 + t * 4) * (math.cos(t * math.pi / 2) * e1 + math.sin(t * math.pi / 2) * e2)
+        assert torch.allclose(merged, expected, atol=1e-12)
+    assert slerp_soup([v0, v1], [0.5, 0.5])[1]  # the weights themselves are nearly colinear: plain slerp is lerp
+
+
+def test_task_vector_slerp_matches_numpy_on_random_deltas():
+    rng = np.random.default_rng(3)
+    base = torch.tensor(rng.normal(size=(6, 9)))
+    v0, v1 = base + 0.01 * torch.tensor(rng.normal(size=(6, 9))), base + 0.03 * torch.tensor(rng.normal(size=(6, 9)))
+    for t in (0.1, 0.5, 0.9):
+        merged, fell_back = slerp_soup([v0, v1], [1 - t, t], base=base)
+        assert not fell_back and merged.shape == (6, 9)
+        assert np.allclose(merged.numpy(), reference_task_slerp(t, base, v0, v1), atol=1e-12)
+
+
+def test_task_vector_slerp_endpoints_are_each_checkpoint_bit_for_bit():
+    generator = torch.Generator().manual_seed(4)
+    base = torch.randn(50, 7, generator=generator)
+    v0, v1 = base + 1e-3 * torch.randn(50, 7, generator=generator), base - 3e-3 * torch.randn(50, 7, generator=generator)
+    assert torch.equal(slerp_soup([v0, v1], [1.0, 0.0], base=base)[0], v0)
+    assert torch.equal(slerp_soup([v0, v1], [0.0, 1.0], base=base)[0], v1)
+
+
+def test_colinear_task_vectors_fall_back_to_lerp_of_the_weights():
+    rng = np.random.default_rng(5)
+    base, delta = torch.tensor(rng.normal(size=40)), torch.tensor(rng.normal(size=40))
+    v0, v1 = base + delta, base + 3 * delta + 1e-3 * torch.tensor(rng.normal(size=40))
+    merged, fell_back = slerp_soup([v0, v1], [0.6, 0.4], base=base)
+    assert fell_back
+    assert torch.allclose(merged, 0.6 * v0 + 0.4 * v1, atol=1e-12)
+    assert slerp_soup([base, base.clone()], [0.5, 0.5], base=base)[1]  # zero task vectors: no direction
+
+
+def test_model_stock_ratio_from_the_angle_between_task_vectors():
+    """Jang et al. 2024: t = 2cosθ/(1 + cosθ) for two fine-tunes; θ_b + t·mean(δ)."""
+    e1, e2, e3 = orthonormal(3)
+    base = 3 * e3
+    cos = 0.6
+    d0, d1 = 2 * e1, 2 * (cos * e1 + math.sqrt(1 - cos**2) * e2)
+    merged = model_stock([base + d0, base + d1], base)
+    t = 2 * cos / (1 + cos)
+    assert torch.allclose(merged, base + t * (d0 + d1) / 2, atol=1e-12)
+    assert torch.allclose(model_stock([base + e1, base + e2], base), base, atol=1e-12)  # orthogonal: back to the base
+    assert torch.allclose(model_stock([base + d0, base + d0], base), base + d0, atol=1e-12)  # identical: kept
+    three = model_stock([base + e1, base + e2, base + (e1 + e2) / math.sqrt(2)], base)
+    mean_cos = (0 + 2 / math.sqrt(2)) / 3
+    t3 = 3 * mean_cos / (1 + 2 * mean_cos)
+    assert torch.allclose(three, base + t3 * (e1 + e2 + (e1 + e2) / math.sqrt(2)) / 3, atol=1e-12)
+
+
+def test_magnitude_threshold_keeps_the_top_share_whole_or_in_blocks():
+    values = torch.randn(1000, generator=torch.Generator().manual_seed(6))
+    for density in (0.01, 0.2, 0.5, 0.999):
+        k = math.ceil(density * 1000)
+        expected = values.abs().topk(k).values[-1].item()
+        assert magnitude_threshold(lambda: [values], density) == expected
+        assert magnitude_threshold(lambda: values.split(37), density) == expected
+        assert int((trim(values, expected) != 0).sum()) == k
+    assert magnitude_threshold(lambda: [values], 1.0) == 0.0
+    assert magnitude_threshold(lambda: [torch.tensor([0.0, -2.0, 2.0, 1e-30])], 0.5) == 2.0  # ties at τ are both kept
+
+
+def test_ties_on_a_hand_computed_example():
+    """Yadav et al. 2023: trim to the top 50% magnitudes, elect the sign of the total mass,
+    average the entries that agree with it."""
+    base = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    d0 = torch.tensor([0.5, -0.1, 0.3, -0.4])  # top 2: 0.5, -0.4
+    d1 = torch.tensor([-0.2, 0.6, 0.1, -0.2])  # top 2: 0.6, then -0.2 and -0.2 tie at τ = 0.2: all three kept
+    d2 = torch.tensor([-0.35, -0.3, 0.05, 0.2])  # top 2: -0.35, -0.3
+    # trimmed: d0 = [0.5, 0, 0, -0.4]; d1 = [-0.2, 0.6, 0, -0.2]; d2 = [-0.35, -0.3, 0, 0]
+    # entry 0: sum -0.05 < 0 → mean of {-0.2, -0.35} = -0.275; entry 1: sum 0.3 > 0 → mean of {0.6}
+    # entry 2: all trimmed → 0; entry 3: sum -0.6 → mean of {-0.4, -0.2} = -0.3
+    merged = ties([base + d0, base + d1, base + d2], base, [1.0, 1.0, 1.0], density=0.5)
+    assert torch.allclose(merged, base + torch.tensor([-0.275, 0.6, 0.0, -0.3]), atol=1e-6)
+    assert torch.equal(ties_mean([torch.tensor([0.5]), torch.tensor([-0.5])], [1.0, 1.0]), torch.tensor([0.0]))  # no sign wins: 0
+    weighted = ties_mean([torch.tensor([0.5, -0.4]), torch.tensor([-0.2, -0.2])], [1.0, 3.0])
+    # entry 0: 0.5 − 0.6 < 0 → only d1 agrees → -0.2; entry 1: both agree → (−0.4 − 0.6)/4
+    assert torch.allclose(weighted, torch.tensor([-0.2, -0.25]), atol=1e-7)
+
+
+def test_dare_keeps_the_expectation_and_is_seeded_by_key_and_index():
+    delta = torch.linspace(-1, 1, 20_000, dtype=torch.float64)
+    density = 0.3
+    dropped = dare(delta, density, key=1)
+    kept = dropped != 0
+    assert abs(kept.double().mean().item() - density) < 0.015
+    assert torch.allclose(dropped[kept], delta[kept] / density)
+    assert torch.equal(dare(delta, density, key=1), dropped)  # the same key: the same drop
+    assert not torch.equal(dare(delta, density, key=2), dropped)
+    assert torch.equal(torch.cat([dare(delta[:7000], density, 1, 0), dare(delta[7000:], density, 1, 7000)]), dropped)  # blocks drop the same entries
+    mean = sum(dare(delta, density, key=k) for k in range(200)) / 200
+    assert (mean - delta).abs().max().item() < 6 * math.sqrt((1 - density) / density / 200)  # E[δ̃] = δ (|δ| ≤ 1, 6σ)
+    assert torch.equal(dare(delta, 1.0, key=1), delta)
+    u = uniform(7, 0, 100_000)
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.005 and np.array_equal(uniform(7, 500, 10), u[500:510])
+
+
+# --- task vectors: whole models ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def family(models, tmp_path_factory):
+    """A parent (the first tiny model) and three fine-tunes of it: random task vectors of about
+    1% of the weights, the third nearly colinear with the first (2·δ₁ plus 0.5% noise)."""
+    root = tmp_path_factory.mktemp("family")
+    parent = weights_of(models[0])
+    generator = torch.Generator().manual_seed(10)
+    first, second = ({name: 0.01 * torch.randn(t.shape, generator=generator) for name, t in parent.items() if t.is_floating_point()} for _ in range(2))
+    third = {name: 2 * delta + 1e-4 * torch.randn(delta.shape, generator=generator) for name, delta in first.items()}
+    children = [copy_with_tensors(models[0], root / name, lambda t, d=deltas: t.update({n: t[n] + d[n] for n in d})) for name, deltas in zip(("c1", "c2", "c3"), (first, second, third))]
+    return models[0], children
+
+
+def test_base_slerp_merges_task_vectors_tensor_by_tensor(family, tmp_path):
+    parent, (c1, c2, _) = family
+    summary = merge_models([str(c1), str(c2)], str(tmp_path / "out"), "slerp", t=0.3, base=str(parent), block_elements=1000)
+    p, a, b, result = weights_of(parent), weights_of(c1), weights_of(c2), weights_of(tmp_path / "out")
+    assert list(result) == list(a)
+    for name, tensor in result.items():
+        assert np.allclose(tensor.numpy(), reference_task_slerp(0.3, p[name], a[name], b[name]), rtol=1e-5, atol=1e-6), name
+        if p[name].any():  # a zero parent tensor (biases) makes the task vectors the weights
+            assert not np.allclose(tensor.numpy(), reference_slerp(0.3, a[name], b[name]), rtol=1e-5, atol=1e-6), name
+    assert (summary["merged"], summary["lerp_fallbacks"]) == (len(a), 0)
+    assert json.loads((tmp_path / "out" / "embedtune_merge.json").read_text())["base"] == str(parent)
+
+
+def test_base_slerp_endpoints_are_the_checkpoints_bit_for_bit(family, tmp_path):
+    parent, (c1, c2, _) = family
+    for t, expected in ((0.0, c1), (1.0, c2)):
+        merge_models([str(c1), str(c2)], str(tmp_path / f"t{t}"), "slerp", t=t, base=str(parent), block_elements=1000)
+        result, checkpoint = weights_of(tmp_path / f"t{t}"), weights_of(expected)
+        assert all(torch.equal(result[name], checkpoint[name]) for name in checkpoint)
+
+
+def test_colinear_task_vectors_fall_back_to_lerp_and_the_report_says_so(family, tmp_path):
+    parent, (c1, _, c3) = family
+    summary = merge_models([str(c1), str(c3)], str(tmp_path / "out"), "slerp", base=str(parent))
+    a, c, result = weights_of(c1), weights_of(c3), weights_of(tmp_path / "out")
+    assert summary["lerp_fallbacks"] == summary["merged"] == len(a)
+    assert all(torch.allclose(result[name], (a[name] + c[name]) / 2, atol=1e-6) for name in a)
+    assert summary["distances"]["cosines"][0][1] > 0.9995
+
+
+def test_the_report_measures_relative_norms_and_cosines_of_task_vectors(family, tmp_path):
+    parent, children = family
+    summary = merge_models([str(c) for c in children], str(tmp_path / "out"), "slerp", base=str(parent), block_elements=1000)
+    p = weights_of(parent)
+    deltas = [np.concatenate([(weights_of(c)[name].double() - p[name].double()).ravel().numpy() for name in p]) for c in children]
+    base_norm = np.sqrt(sum((p[name].double() ** 2).sum().item() for name in p))
+    distances = summary["distances"]
+    assert distances["relative_to"] == "base"
+    assert distances["relative_norms"] == pytest.approx([np.linalg.norm(d) / base_norm for d in deltas], rel=1e-6)
+    expected = [[d @ e / (np.linalg.norm(d) * np.linalg.norm(e)) for e in deltas] for d in deltas]
+    assert np.allclose(distances["cosines"], expected, atol=1e-6)
+    assert abs(distances["cosines"][0][1]) < 0.05 and distances["cosines"][0][2] > 0.999  # random vs colinear task vectors
+    plain = merge_models([str(children[0]), str(children[1])], str(tmp_path / "plain"), "slerp")["distances"]
+    a, b = (np.concatenate([weights_of(c)[name].double().ravel().numpy() for name in p]) for c in children[:2])
+    assert plain["relative_to"] == "first"
+    assert plain["relative_norms"] == pytest.approx([0.0, np.linalg.norm(b - a) / np.linalg.norm(a)], abs=1e-9)
+    assert plain["cosines"][0][1] == pytest.approx(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("slerp", {"weights": [1, 2, 3]}), ("ties", {"density": 0.3}), ("model_stock", {}), ("linear", {"sparsify": "dare", "density": 0.4, "seed": 3})],
+)
+def test_row_blocks_give_the_whole_tensor_result(family, tmp_path, method, options):
+    parent, children = family
+    paths = [str(c) for c in children]
+    merge_models(paths, str(tmp_path / "blocks"), method, base=str(parent), block_elements=1000, **options)
+    merge_models(paths, str(tmp_path / "whole"), method, base=str(parent), block_elements=10**9, **options)
+    blocks, whole = weights_of(tmp_path / "blocks"), weights_of(tmp_path / "whole")
+    assert all(torch.allclose(blocks[name], whole[name], rtol=1e-6, atol=1e-7) for name in whole)
+    p, inputs = weights_of(parent), [weights_of(c) for c in children]
+    for name, tensor in whole.items():
+        tensors = [w[name] for w in inputs]
+        if method == "slerp":
+            expected = slerp_soup(tensors, [1, 2, 3], base=p[name])[0]
+        elif method == "ties":
+            expected = ties(tensors, p[name], [1.0, 1.0, 1.0], density=0.3)
+        elif method == "model_stock":
+            expected = model_stock(tensors, p[name])
+        else:
+            continue  # DARE's own checks follow
+        assert torch.allclose(tensor, expected, rtol=1e-6, atol=1e-7), name
+
+
+def test_dare_keeps_each_entry_or_drops_it_and_rescales(family, tmp_path):
+    parent, (c1, c2, _) = family
+    merge_models([str(c1), str(c2)], str(tmp_path / "out"), "linear", weights=[1, 0], base=str(parent), sparsify="dare", density=0.25)
+    p, a, result = weights_of(parent), weights_of(c1), weights_of(tmp_path / "out")
+    kept, total = 0, 0
+    for name, tensor in result.items():
+        delta, merged_delta = a[name] - p[name], tensor - p[name]
+        keep = (merged_delta - delta / 0.25).abs() <= 1e-6
+        assert torch.all(keep | (merged_delta.abs() <= 1e-6)), name  # every entry: kept and rescaled by 1/density, or dropped
+        kept, total = kept + int(keep.sum()), total + keep.numel()
+    assert kept / total == pytest.approx(0.25, abs=0.01)
+    merge_models([str(c1), str(c2)], str(tmp_path / "again"), "linear", weights=[1, 0], base=str(parent), sparsify="dare", density=0.25)
+    assert all(torch.equal(tensor, result[name]) for name, tensor in weights_of(tmp_path / "again").items())  # seeded
+
+
+def test_base_of_another_architecture_is_one_clear_error(family, tmp_path):
+    parent, (c1, c2, _) = family
+    shutil.copytree(parent, tmp_path / "deeper")
+    config = json.loads((tmp_path / "deeper" / "config.json").read_text())
+    (tmp_path / "deeper" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    with pytest.raises(EmbedtuneError, match=rf"^{tmp_path}/deeper/config.json: num_hidden_layers is 3, {c1} has 2$"):
+        merge_models([str(c1), str(c2)], str(tmp_path / "out"), "slerp", base=str(tmp_path / "deeper"))
+    name = "encoder.layer.0.attention.self.query.weight"
+    narrow = copy_with_tensors(parent, tmp_path / "narrow", lambda t: t.update({name: torch.zeros(32, 16)}))
+    with pytest.raises(EmbedtuneError, match=rf"^{narrow}/model.safetensors: tensor '{name}' has shape \(32, 16\), {c1} has \(32, 32\)$"):
+        merge_models([str(c1), str(c2)], str(tmp_path / "out"), "ties", base=str(narrow))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "ties"}, "ties merges task vectors: give the model the checkpoints were fine-tuned from as base"),
+        ({"method": "model_stock", "base": "b", "t": 0.3}, "model_stock sets its own ratio"),
+        ({"method": "slerp", "base": "b", "sparsify": "dare"}, "sparsify applies to the task vectors of linear and ties merges, not slerp"),
+        ({"method": "linear", "sparsify": "dare"}, "sparsify drops entries of task vectors: give the parent model as base"),
+        ({"method": "linear", "base": "b", "density": 0.5}, "density is the share of each task vector that sparsify keeps"),
+        ({"method": "ties", "base": "b", "density": 1.5}, r"density must be in \(0, 1\]"),
+        ({"method": "linear", "base": "b", "sparsify": "random"}, "unknown sparsify 'random'"),
+    ],
+)
+def test_options_that_do_not_go_together_are_errors_before_anything_is_read(kwargs, message, tmp_path):
+    with pytest.raises(EmbedtuneError, match=message):
+        merge_models([str(tmp_path / "nowhere")] * 2, str(tmp_path / "out"), **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_output_is_replaced_only_when_asked(models, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(EmbedtuneError, match=rf"^--out {out} exists; pass --overwrite to replace it$"):
+        merge_models([str(models[0]), str(models[1])], str(out), "linear")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    merge_models([str(models[0]), str(models[1])], str(out), "linear", overwrite=True)
+    assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+    with pytest.raises(EmbedtuneError, match="is also an input"):
+        merge_models([str(models[0]), str(models[1])], str(models[2]), "slerp", base=str(models[2]), overwrite=True)
+
+
+def test_cli_merges_task_vectors_and_prints_how_far_apart_they_were(family, tmp_path):
+    parent, (c1, c2, _) = family
+    result = embedtune("merge", "--slerp", "--base", str(parent), str(c1), str(c2), "--t", "0.3", "--out", str(tmp_path / "cli"))
+    assert result.returncode == 0, result.stderr
+    assert "task vectors against the base" in result.stdout and "‖θᵢ − θ_base‖ / ‖θ_base‖" in result.stdout
+    assert "fell back to lerp" in result.stdout and f"0 of {len(weights_of(c1))}" in result.stdout
+    merge_models([str(c1), str(c2)], str(tmp_path / "api"), "slerp", t=0.3, base=str(parent))
+    api = weights_of(tmp_path / "api")
+    assert all(torch.equal(tensor, api[name]) for name, tensor in weights_of(tmp_path / "cli").items())
+    result = embedtune("merge", "--ties", "--base", str(parent), str(c1), str(c2), "--density", "0.5", "--out", str(tmp_path / "ties"))
+    assert result.returncode == 0, result.stderr
+    assert load_embedder(str(tmp_path / "ties")).encode(TEXTS).isfinite().all()
+
+
+def test_cli_bad_task_vector_options_are_one_line(family, tmp_path):
+    parent, (c1, c2, _) = family
+    (tmp_path / "taken").mkdir()
+    cases = [
+        (("--ties", str(c1), str(c2), "--out", str(tmp_path / "out")), "embedtune merge: error: ties merges task vectors: give the model the checkpoints were fine-tuned from as base (--base PARENT)"),
+        (("--slerp", "--base", str(parent), str(c1), str(c2), "--sparsify", "dare", "--out", str(tmp_path / "out")), "embedtune merge: error: sparsify applies to the task vectors of linear and ties merges, not slerp"),
+        (("--slerp", "--base", str(tmp_path / "nowhere"), str(c1), str(c2), "--out", str(tmp_path / "out")), f"embedtune merge: error: {tmp_path / 'nowhere'}: no such model folder or file, nor a packaged model (all-MiniLM-L6-v2, sentence-transformers/all-MiniLM-L6-v2, SmolLM2-135M-Instruct), nor a Hub model in the local cache"),
+        (("--linear", str(c1), str(c2), "--out", str(tmp_path / "taken")), f"embedtune merge: error: --out {tmp_path / 'taken'} exists; pass --overwrite to replace it"),
+    ]
+    for args, line in cases:
+        result = embedtune("merge", *args)
+        assert (result.returncode, result.stderr.strip().splitlines()) == (2, [line])
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "taken").iterdir())

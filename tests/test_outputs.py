@@ -58,6 +58,7 @@ def outputs(world: Path, case: str) -> dict[str, tuple[list[str], str] | None]:
         "report": ([str(run), "--out-dir", existing_folder], "--out-dir") if existing_folder and case != "exists" else None,
         "data": (["--out", existing_folder], "--out") if existing_folder and case != "exists" else None,
         "train": (["data=files", f"data.train={pairs}", f"output_dir={existing_folder or pairs}"], "output_dir"),
+        "merge": (["--linear", str(run / "final"), str(run / "final"), "--out", existing_folder or str(run / "final")], "--out"),
     }
     if case == "wrong kind":
         (world / "beir.jsonl").mkdir()  # a folder named like the file mine would write
@@ -74,7 +75,7 @@ def outputs(world: Path, case: str) -> dict[str, tuple[list[str], str] | None]:
 
 
 # The folders diagnose, report and data write into are never inputs of theirs.
-COMBINATIONS = [(command, case) for command in ("eval", "mine", "diagnose", "report", "data", "train") for case in CASES
+COMBINATIONS = [(command, case) for command in ("eval", "mine", "diagnose", "report", "data", "train", "merge") for case in CASES
                 if not (case == "same as input" and command in ("diagnose", "report", "data"))]  # fmt: skip
 
 

@@ -21,7 +21,7 @@ Commands:
             per Matryoshka size with --dims 384 256 128 64
   diagnose  embedding-space geometry (collapse, anisotropy, alignment/uniformity); --plots draws it
   report    training curves of a run folder; a sweep folder's runs ranked, quality vs the swept value
-  merge     merge checkpoints by SLERP or linear interpolation: embedtune merge --slerp A B --out merged
+  merge     merge checkpoints (or their task vectors with --base) by SLERP, lerp, TIES, DARE, Model Stock
   mine      hard negatives for a pairs file, mined with a model, filtered for false negatives
   data      write the embedded default data set (Python stdlib pairs) as files for mine / train
 
