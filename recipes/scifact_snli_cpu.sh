@@ -35,8 +35,8 @@ embedtune train stage=sft data=files data.train="$WORK/mined.jsonl" data.eval="$
     backbone=hf backbone.path="$WORK/pretrain/final" "${CPU[@]}" negatives.per_query=1 train.epochs=2 \
     output_dir="$WORK/sft-scifact"
 
-echo "== 4. merge: SLERP halfway between the general and the domain model (same pretrained parent)"
-embedtune merge --slerp "$WORK/sft-nli/final" "$WORK/sft-scifact/final" --t 0.5 --out "$WORK/merged"
+echo "== 4. merge: SLERP of the two task vectors against their common parent (the whole weights are colinear)"
+embedtune merge --slerp --base "$WORK/pretrain/final" "$WORK/sft-nli/final" "$WORK/sft-scifact/final" --t 0.5 --out "$WORK/merged"
 
 echo "== 5. eval: every stage on held-out SciFact queries and STS-B dev"
 embedtune eval --model all-MiniLM-L6-v2 "$WORK/pretrain/final" "$WORK/sft-nli/final" "$WORK/sft-scifact/final" "$WORK/merged" \
