@@ -18,7 +18,14 @@ stdout = Console()  # results: tables a user may pipe or save
 def progress_bar(description: str, total: int, enabled: bool = True, status: bool = False) -> Iterator[Callable[..., None]]:
     """Yield ``advance(n=1, status=None)``; with ``status=True`` the bar shows a status line
     (loss, lr, throughput) that ``advance(status="...")`` replaces."""
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
     if status:
         columns.append(TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=console, disable=not enabled, transient=False) as progress:

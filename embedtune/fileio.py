@@ -23,7 +23,9 @@ from typing import Any
 from embedtune.errors import DataError, EmbedtuneError
 
 
-def check_output(path: str | Path, option: str, *, folder: bool, overwrite: bool, inputs: tuple = (), replace_with: str = "--overwrite") -> Path:
+def check_output(
+    path: str | Path, option: str, *, folder: bool, overwrite: bool, inputs: tuple = (), replace_with: str = "--overwrite"
+) -> Path:
     """``path`` as a `Path`, or an `EmbedtuneError` naming ``option`` when writing there would
     fail or lose something: it is one of ``inputs``; it exists and ``overwrite`` is false (the
     message says to pass ``replace_with``); it is a file where a folder goes or the reverse; the

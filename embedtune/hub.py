@@ -23,7 +23,9 @@ def check_upload(repo_id: str, exist_ok: bool) -> None:
 
     option = f"hub.repo_id={repo_id}"
     if huggingface_hub.constants.HF_HUB_OFFLINE:
-        raise ConfigError(f"{option}: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it, or train without hub.repo_id and upload final/ later")
+        raise ConfigError(
+            f"{option}: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it, or train without hub.repo_id and upload final/ later"
+        )
     if huggingface_hub.get_token() is None:
         raise ConfigError(f"{option}: no Hugging Face token; set HF_TOKEN or run `hf auth login` (a token with write access)")
     api = HfApi()
@@ -35,7 +37,9 @@ def check_upload(repo_id: str, exist_ok: bool) -> None:
     except Exception as error:  # httpx's connection errors, timeouts, offline mode
         raise ConfigError(f"{option}: cannot reach the Hugging Face Hub ({type(error).__name__}: {_first_line(error)})") from None
     if exists and not exist_ok:
-        raise ConfigError(f"{option}: the repository exists on the Hub; pass hub.exist_ok=true to add this model to it as a new commit, or pick another hub.repo_id")
+        raise ConfigError(
+            f"{option}: the repository exists on the Hub; pass hub.exist_ok=true to add this model to it as a new commit, or pick another hub.repo_id"
+        )
 
 
 def upload_model(folder: Path, repo_id: str, private: bool, message: str) -> str:

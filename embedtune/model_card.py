@@ -109,8 +109,13 @@ def training_card(model_id: str, model: SavedModel, recipe: TrainingRecipe, outc
         _evaluation_section(recipe, outcome, final),
         "## Training\n\n" + _training_prose(recipe, outcome, pairs),
         "### Loss: " + recipe.loss_name + "\n\n" + "\n\n".join(_description(doc) for doc in recipe.loss_descriptions),
-        "### Hyper-parameters\n\n" + _key_value_table(recipe.hyperparameters)
-        + ("\n\n<details><summary>The whole resolved config</summary>\n\n```yaml\n" + recipe.config_yaml.rstrip() + "\n```\n\n</details>" if recipe.config_yaml else ""),
+        "### Hyper-parameters\n\n"
+        + _key_value_table(recipe.hyperparameters)
+        + (
+            "\n\n<details><summary>The whole resolved config</summary>\n\n```yaml\n" + recipe.config_yaml.rstrip() + "\n```\n\n</details>"
+            if recipe.config_yaml
+            else ""
+        ),
         _usage_section(model_id, model),
         "## Citation\n\nThe papers behind the loss are named in its description above. The saved layout is "
         f"Sentence-BERT's:\n\n```bibtex\n{SENTENCE_BERT_BIBTEX}\n```",
@@ -200,13 +205,19 @@ def _finite(value) -> bool:
 
 def _model_table(recipe: TrainingRecipe, model: SavedModel) -> str:
     rows = {
-        "base model": f"`{recipe.base_model}`" + (f" ([{recipe.base_model_id}](https://huggingface.co/{recipe.base_model_id}))" if recipe.base_model_id and recipe.base_model_id != recipe.base_model else ""),
+        "base model": f"`{recipe.base_model}`"
+        + (
+            f" ([{recipe.base_model_id}](https://huggingface.co/{recipe.base_model_id}))"
+            if recipe.base_model_id and recipe.base_model_id != recipe.base_model
+            else ""
+        ),
         "embedding": f"{model.embedding_dim} dimensions, L2-normalised, cosine similarity"
         + (f"; Matryoshka: also truncated to {', '.join(str(d) for d in model.matryoshka_dims)}" if model.matryoshka_dims else ""),
         "pooling": model.pooling,
         "max length": f"{model.max_length} tokens",
         "prompts": ", ".join(f"{name}: `{text!r}`" for name, text in model.prompts.items()) or "none",
-        "training data": f"`{recipe.data_source}`" + (f" ({recipe.train_pairs:,} pairs)" if recipe.train_pairs is not None else " (streamed)"),
+        "training data": f"`{recipe.data_source}`"
+        + (f" ({recipe.train_pairs:,} pairs)" if recipe.train_pairs is not None else " (streamed)"),
     }
     return "## Model\n\n" + _key_value_table(rows)
 
@@ -254,7 +265,9 @@ def _description(docstring: str) -> str:
 
 def _key_value_table(rows: Mapping[str, object]) -> str:
     """Settings as a two-column table; values as the config writes them (true, null, [64, 32])."""
-    return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {value if isinstance(value, str) else json.dumps(value)} |" for key, value in rows.items())
+    return "| | |\n|---|---|\n" + "\n".join(
+        f"| {key} | {value if isinstance(value, str) else json.dumps(value)} |" for key, value in rows.items()
+    )
 
 
 def _usage_section(model_id: str, model: SavedModel) -> str:
@@ -263,8 +276,8 @@ def _usage_section(model_id: str, model: SavedModel) -> str:
         "from sentence_transformers import SentenceTransformer",
         "",
         f"model = SentenceTransformer({model_id!r})",
-        f"queries = model.encode([\"How do I read a file line by line?\"]{', prompt_name=' + repr('query') if query else ''})",
-        f"documents = model.encode([\"with open(path) as f:\\n    for line in f: ...\"]{', prompt_name=' + repr('document') if document else ''})",
+        f'queries = model.encode(["How do I read a file line by line?"]{", prompt_name=" + repr("query") if query else ""})',
+        f'documents = model.encode(["with open(path) as f:\\n    for line in f: ..."]{", prompt_name=" + repr("document") if document else ""})',
         "print(model.similarity(queries, documents))  # cosine similarities, shape (1, 1)",
     ]
     if model.matryoshka_dims:

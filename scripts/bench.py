@@ -101,12 +101,12 @@ from rich.table import Table
 
 from embedtune.data.collate import PairCollator
 from embedtune.data.types import Pair
-from embedtune.training.distributed import freeze_unused_pooler
 from embedtune.eval.diagnostics import geometry
-from embedtune.training.gradcache import gradcache_step
 from embedtune.losses.infonce import InfoNCE
 from embedtune.model import load_embedder, resolve_model_path
 from embedtune.training.build import parameter_groups
+from embedtune.training.distributed import freeze_unused_pooler
+from embedtune.training.gradcache import gradcache_step
 
 MODEL = "all-MiniLM-L6-v2"
 MAX_LENGTH = 128
@@ -132,7 +132,12 @@ def mixed_pairs(data_dir: Path, seed: int = 0) -> list[tuple[str, str]]:
     corpus = {row["_id"]: f"{row['title']} {row['text']}".strip() for row in _jsonl(data_dir / "scifact" / "corpus.jsonl")}
     qrels = [line.split("\t")[:2] for line in (data_dir / "scifact" / "qrels" / "train.tsv").read_text().splitlines()[1:]]
     scifact = [(queries[q], corpus[d]) for q, d in qrels if q in queries and d in corpus]
-    snli = [(row["sentence1"], row["sentence2"]) for name in ("snli_1.0_dev.jsonl", "snli_1.0_test.jsonl") for row in _jsonl(data_dir / "snli-subset" / name) if row["gold_label"] == "entailment"]
+    snli = [
+        (row["sentence1"], row["sentence2"])
+        for name in ("snli_1.0_dev.jsonl", "snli_1.0_test.jsonl")
+        for row in _jsonl(data_dir / "snli-subset" / name)
+        if row["gold_label"] == "entailment"
+    ]
     rng = random.Random(seed)
     sources = [list({d: (q, d) for q, d in source}.values()) for source in (stdlib, scifact, snli)]
     share = min(len(source) for source in sources)
@@ -201,7 +206,9 @@ class EmbedtuneRun:
         batch = self.collate([Pair(query, document) for query, document in pairs])
         batch = {name: value.to(self.device) if name != "info" else value for name, value in batch.items()}
         if self.mini_batch_size:
-            _, queries, documents = gradcache_step(self.model, batch, self.loss_fn, self.model.loss_params, self.mini_batch_size, lambda loss: loss.backward(), _nothing)
+            _, queries, documents = gradcache_step(
+                self.model, batch, self.loss_fn, self.model.loss_params, self.mini_batch_size, lambda loss: loss.backward(), _nothing
+            )
         else:
             queries = self.model(batch["queries"])
             documents = self.model(batch["documents"])
@@ -242,7 +249,11 @@ class SentenceTransformersRun:
         start = time.perf_counter()
         inputs = self.collate([{"anchor": query, "positive": document} for query, document in pairs])
         features = [
-            {name[len(column) :]: value.to(self.device) if isinstance(value, torch.Tensor) else value for name, value in inputs.items() if name.startswith(column)}
+            {
+                name[len(column) :]: value.to(self.device) if isinstance(value, torch.Tensor) else value
+                for name, value in inputs.items()
+                if name.startswith(column)
+            }
             for column in ("anchor_", "positive_")
         ]
         self.loss_fn(features, None).backward()
@@ -274,7 +285,10 @@ def interleaved_steps(runs: list, batch_list: list[list[tuple[str, str]]], warmu
             elapsed = run.step(batch)
             if index >= warmup:
                 seconds[run.name].append(elapsed)
-        console.log(f"  step {index + 1}/{len(batch_list)}: " + ", ".join(f"{name} {s[-1]:.1f} s" for name, s in seconds.items() if s and index >= warmup))
+        console.log(
+            f"  step {index + 1}/{len(batch_list)}: "
+            + ", ".join(f"{name} {s[-1]:.1f} s" for name, s in seconds.items() if s and index >= warmup)
+        )
     return seconds
 
 
@@ -294,7 +308,9 @@ def bench_train(options, pairs: list[tuple[str, str]], device: str = "cpu", size
             "steps": steps,
             "seconds": seconds,
             "pairs_per_s": {name: batch_size / statistics.median(s) for name, s in seconds.items()},
-            "step_flops": [training_flops(runs[0].model.backbone.config, _real_tokens(runs[0].model.tokenizer, batch)) for batch in batch_list[1:]],
+            "step_flops": [
+                training_flops(runs[0].model.backbone.config, _real_tokens(runs[0].model.tokenizer, batch)) for batch in batch_list[1:]
+            ],
         }
         if batch_size == 32 and not options.no_quality:
             results["quality"] = held_out_quality(runs, steps + 1)
@@ -313,7 +329,9 @@ def held_out_quality(runs: list, steps: int) -> dict:
     from embedtune.eval.retrieval import score_retrieval
 
     held_out = load(max_eval_queries=300).eval  # the default job's held-out set
-    console.log(f"[bold]quality[/]: held-out nDCG@10 after {steps} steps ({len(held_out.queries)} queries, {len(held_out.corpus)} documents)")
+    console.log(
+        f"[bold]quality[/]: held-out nDCG@10 after {steps} steps ({len(held_out.queries)} queries, {len(held_out.corpus)} documents)"
+    )
     quality = {"steps": steps}
     for run in runs:
         queries = run.embed(list(held_out.queries.values()), "query")
@@ -328,7 +346,18 @@ def bench_gradcache(options) -> dict:
     for batch_size in (32, options.large_batch):
         for toolkit in ("embedtune", "sentence-transformers"):
             console.log(f"[bold]gradcache[/] {toolkit}, batch {batch_size}, mini-batch 32 (own process)")
-            command = [sys.executable, __file__, "--worker", "gradcache", "--toolkit", toolkit, "--batch", str(batch_size), "--data-dir", str(options.data_dir)]
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "gradcache",
+                "--toolkit",
+                toolkit,
+                "--batch",
+                str(batch_size),
+                "--data-dir",
+                str(options.data_dir),
+            ]
             results.setdefault(batch_size, {})[toolkit] = _worker(command)
     return results
 
@@ -365,7 +394,11 @@ def bench_encode(options, texts: list[str]) -> dict:
             start = time.perf_counter()
             encoders[name]()
             seconds[name].append(time.perf_counter() - start)
-    return {"texts": len(texts), "seconds": seconds, "texts_per_s": {name: len(texts) / statistics.median(s) for name, s in seconds.items()}}
+    return {
+        "texts": len(texts),
+        "seconds": seconds,
+        "texts_per_s": {name: len(texts) / statistics.median(s) for name, s in seconds.items()},
+    }
 
 
 def bench_mine(options, pairs: list[tuple[str, str]], corpus: list[str]) -> dict:
@@ -405,7 +438,17 @@ def bench_mine(options, pairs: list[tuple[str, str]], corpus: list[str]) -> dict
 
     def sentence_transformers_mine() -> None:
         dataset = Dataset.from_dict({"query": [q for q, _ in queries], "positive": [d for _, d in queries]})
-        mine_hard_negatives(dataset, theirs, corpus=corpus, num_negatives=7, range_max=100, absolute_margin=0.0, batch_size=64, use_faiss=False, verbose=False)
+        mine_hard_negatives(
+            dataset,
+            theirs,
+            corpus=corpus,
+            num_negatives=7,
+            range_max=100,
+            absolute_margin=0.0,
+            batch_size=64,
+            use_faiss=False,
+            verbose=False,
+        )
 
     seconds = {}
     for name, mine in (("embedtune", embedtune_mine), ("sentence-transformers", sentence_transformers_mine)):
@@ -413,7 +456,12 @@ def bench_mine(options, pairs: list[tuple[str, str]], corpus: list[str]) -> dict
         mine()
         seconds[name] = time.perf_counter() - start
         console.log(f"  {name}: {seconds[name]:.0f} s")
-    return {"queries": len(queries), "documents": len(corpus), "seconds": seconds, "seconds_100k": {name: s * 100_000 / len(corpus) for name, s in seconds.items()}}
+    return {
+        "queries": len(queries),
+        "documents": len(corpus),
+        "seconds": seconds,
+        "seconds_100k": {name: s * 100_000 / len(corpus) for name, s in seconds.items()},
+    }
 
 
 MERGE_RUNS = (("slerp", False), ("slerp", True), ("ties", True))  # (method, with the model as --base)
@@ -431,14 +479,19 @@ def bench_merge(options) -> dict:
             model.save(folder)
         for seed, folder in enumerate((first, second)):
             generator = torch.Generator().manual_seed(seed)
-            weights = {name: value + 1e-3 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value for name, value in load_file(folder / "model.safetensors").items()}
+            weights = {
+                name: value + 1e-3 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value
+                for name, value in load_file(folder / "model.safetensors").items()
+            }
             save_file(weights, folder / "model.safetensors")
         size = (base / "model.safetensors").stat().st_size
         for method, with_base in MERGE_RUNS:
             label = f"{method} --base" if with_base else method
             console.log(f"[bold]merge[/]: {label} of two {size / 2**20:.0f} MiB checkpoints (own process)")
             out = Path(tmp) / label.replace(" --", "-")
-            runs[label] = _worker([sys.executable, __file__, "--worker", "merge", method, str(base) if with_base else "-", str(first), str(second), str(out)])
+            runs[label] = _worker(
+                [sys.executable, __file__, "--worker", "merge", method, str(base) if with_base else "-", str(first), str(second), str(out)]
+            )
     return {"model_mib": size / 2**20, "runs": runs}
 
 
@@ -507,7 +560,9 @@ class DecoderEmbedtuneRun:
         optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=LR)
         self.model, self.optimizer = accelerator.prepare(model.train(), optimizer)
         self.accelerator = accelerator
-        self.collate = PairCollator(model.tokenizer, query_max_length=DECODER_QUERY_MAX_LENGTH, document_max_length=options.decoder_max_length)
+        self.collate = PairCollator(
+            model.tokenizer, query_max_length=DECODER_QUERY_MAX_LENGTH, document_max_length=options.decoder_max_length
+        )
         self.loss_fn = InfoNCE(temperature=TEMPERATURE)
         self.mini_batch_size = options.decoder_mini_batch
 
@@ -518,7 +573,15 @@ class DecoderEmbedtuneRun:
         start = time.perf_counter()
         batch = send_to_device(self.collate([Pair(query, document) for query, document in pairs]), self.accelerator.device)
         no_sync = lambda: self.accelerator.no_sync(self.model)  # noqa: E731
-        loss, queries, documents = gradcache_step(self.model, batch, self.loss_fn, self.accelerator.unwrap_model(self.model).loss_params, self.mini_batch_size, self.accelerator.backward, no_sync)
+        loss, queries, documents = gradcache_step(
+            self.model,
+            batch,
+            self.loss_fn,
+            self.accelerator.unwrap_model(self.model).loss_params,
+            self.mini_batch_size,
+            self.accelerator.backward,
+            no_sync,
+        )
         grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), 1.0))
         self.optimizer.step()
         self.optimizer.zero_grad()
@@ -550,7 +613,11 @@ class DecoderSentenceTransformersRun:
         start = time.perf_counter()
         inputs = self.collate([{"anchor": query, "positive": document} for query, document in pairs])
         features = [
-            {name[len(column) :]: value.to(self.accelerator.device) if isinstance(value, torch.Tensor) else value for name, value in inputs.items() if name.startswith(column)}
+            {
+                name[len(column) :]: value.to(self.accelerator.device) if isinstance(value, torch.Tensor) else value
+                for name, value in inputs.items()
+                if name.startswith(column)
+            }
             for column in ("anchor_", "positive_")
         ]
         loss = self.loss_fn(features, None)
@@ -569,10 +636,10 @@ def bench_gpu_decoder(options, pairs: list[tuple[str, str]]) -> dict:
     import gc
 
     from accelerate import Accelerator
+    from random_decoder import build, tokenizer
     from transformers import AutoConfig
 
     from embedtune.model import Embedder
-    from random_decoder import build, tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and options.decoder_size != "tiny":
@@ -590,7 +657,9 @@ def bench_gpu_decoder(options, pairs: list[tuple[str, str]]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tok = tokenizer()
         tok.padding_side = "left"  # what backbone=decoder saves; embedtune's training batches pad right regardless
-        Embedder(build(options.decoder_size, len(tok), device), tok, pooling="last_token", max_length=options.decoder_max_length).save(Path(tmp) / "decoder")
+        Embedder(build(options.decoder_size, len(tok), device), tok, pooling="last_token", max_length=options.decoder_max_length).save(
+            Path(tmp) / "decoder"
+        )
         gc.collect()
         config = AutoConfig.from_pretrained(Path(tmp) / "decoder")
         collate = PairCollator(tok, query_max_length=DECODER_QUERY_MAX_LENGTH, document_max_length=options.decoder_max_length)
@@ -598,7 +667,9 @@ def bench_gpu_decoder(options, pairs: list[tuple[str, str]]) -> dict:
         result["real_tokens_per_step"] = [sum(counts) for counts in real_tokens]
         result["step_flops"] = [decoder_training_flops(config, counts) for counts in real_tokens]
         for run_class in (DecoderEmbedtuneRun, DecoderSentenceTransformersRun):
-            console.log(f"[bold]gpu-decoder[/] {run_class.name}: batch {options.decoder_batch}, mini-batch {options.decoder_mini_batch}, 1 warm-up + {options.decoder_steps} steps on {result['device']}")
+            console.log(
+                f"[bold]gpu-decoder[/] {run_class.name}: batch {options.decoder_batch}, mini-batch {options.decoder_mini_batch}, 1 warm-up + {options.decoder_steps} steps on {result['device']}"
+            )
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             run = run_class(Path(tmp) / "decoder", accelerator, options)
@@ -609,7 +680,9 @@ def bench_gpu_decoder(options, pairs: list[tuple[str, str]]) -> dict:
                 "seconds": seconds,
                 "finite": all(finite for _, finite in steps),
                 "pairs_per_s": options.decoder_batch / statistics.median(seconds),
-                "real_tokens_per_s": statistics.median(tokens / elapsed for tokens, elapsed in zip(result["real_tokens_per_step"], seconds)),
+                "real_tokens_per_s": statistics.median(
+                    tokens / elapsed for tokens, elapsed in zip(result["real_tokens_per_step"], seconds)
+                ),
                 "flops_per_s": statistics.median(flops / elapsed for flops, elapsed in zip(result["step_flops"], seconds)),
                 "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
             }
@@ -683,47 +756,126 @@ def report(results: dict) -> Table:
         if size in train:
             speed = train[size]["pairs_per_s"]
             ratio = speed["embedtune"] / speed["sentence-transformers"]
-            row("train", f"pairs/s, batch {size} ({train[size]['steps']} steps)", f"{speed['embedtune']:.2f}", f"{speed['sentence-transformers']:.2f}", ratio, ">= 1.5x", ratio >= 1.5)
+            row(
+                "train",
+                f"pairs/s, batch {size} ({train[size]['steps']} steps)",
+                f"{speed['embedtune']:.2f}",
+                f"{speed['sentence-transformers']:.2f}",
+                ratio,
+                ">= 1.5x",
+                ratio >= 1.5,
+            )
     if "quality" in train:
         quality = train["quality"]
-        row("quality", f"held-out nDCG@10 after {quality['steps']} steps", f"{quality['embedtune']:.4f}", f"{quality['sentence-transformers']:.4f}", None, "no worse (+-0.01)", quality["embedtune"] >= quality["sentence-transformers"] - 0.01)
+        row(
+            "quality",
+            f"held-out nDCG@10 after {quality['steps']} steps",
+            f"{quality['embedtune']:.4f}",
+            f"{quality['sentence-transformers']:.4f}",
+            None,
+            "no worse (+-0.01)",
+            quality["embedtune"] >= quality["sentence-transformers"] - 0.01,
+        )
     if "gradcache" in results:
         cached = results["gradcache"]
         large = max(cached)
         for toolkit in ("embedtune", "sentence-transformers"):
             growth = cached[large][toolkit]["peak_rss_gib"] / cached[32][toolkit]["peak_rss_gib"]
             cells = [f"{cached[large][toolkit]['peak_rss_gib']:.2f} vs {cached[32][toolkit]['peak_rss_gib']:.2f}", ""]
-            row("gradcache", f"peak RSS GiB, batch {large} vs 32 ({toolkit})", *(cells if toolkit == "embedtune" else cells[::-1]), growth, "<= 1.3x" if toolkit == "embedtune" else "", growth <= 1.3 if toolkit == "embedtune" else None)
+            row(
+                "gradcache",
+                f"peak RSS GiB, batch {large} vs 32 ({toolkit})",
+                *(cells if toolkit == "embedtune" else cells[::-1]),
+                growth,
+                "<= 1.3x" if toolkit == "embedtune" else "",
+                growth <= 1.3 if toolkit == "embedtune" else None,
+            )
         speed = {toolkit: cached[large][toolkit]["pairs_per_s"] for toolkit in cached[large]}
         ratio = speed["embedtune"] / speed["sentence-transformers"]
-        row("gradcache", f"pairs/s, batch {large}, mini-batch 32", f"{speed['embedtune']:.2f}", f"{speed['sentence-transformers']:.2f}", ratio, ">= 1x", ratio >= 1)
+        row(
+            "gradcache",
+            f"pairs/s, batch {large}, mini-batch 32",
+            f"{speed['embedtune']:.2f}",
+            f"{speed['sentence-transformers']:.2f}",
+            ratio,
+            ">= 1x",
+            ratio >= 1,
+        )
     if "encode" in results:
         speed = results["encode"]["texts_per_s"]
         ratio = speed["embedtune"] / speed["sentence-transformers"]
-        row("encode", f"texts/s ({results['encode']['texts']} mixed texts, batch 64)", f"{speed['embedtune']:.0f}", f"{speed['sentence-transformers']:.0f}", ratio, ">= 1x", ratio >= 1)
+        row(
+            "encode",
+            f"texts/s ({results['encode']['texts']} mixed texts, batch 64)",
+            f"{speed['embedtune']:.0f}",
+            f"{speed['sentence-transformers']:.0f}",
+            ratio,
+            ">= 1x",
+            ratio >= 1,
+        )
     if "mine" in results:
         mine = results["mine"]
         ratio = mine["seconds"]["sentence-transformers"] / mine["seconds"]["embedtune"]
-        row("mine", f"s, {mine['queries']} queries x {mine['documents']} docs", f"{mine['seconds']['embedtune']:.0f}", f"{mine['seconds']['sentence-transformers']:.0f}", ratio, ">= 1x (speed)", ratio >= 1)
+        row(
+            "mine",
+            f"s, {mine['queries']} queries x {mine['documents']} docs",
+            f"{mine['seconds']['embedtune']:.0f}",
+            f"{mine['seconds']['sentence-transformers']:.0f}",
+            ratio,
+            ">= 1x (speed)",
+            ratio >= 1,
+        )
         if mine["documents"] != 100_000:
-            row("mine", "s, 100k docs (extrapolated, linear)", f"{mine['seconds_100k']['embedtune']:.0f}", f"{mine['seconds_100k']['sentence-transformers']:.0f}", None, "", None)
+            row(
+                "mine",
+                "s, 100k docs (extrapolated, linear)",
+                f"{mine['seconds_100k']['embedtune']:.0f}",
+                f"{mine['seconds_100k']['sentence-transformers']:.0f}",
+                None,
+                "",
+                None,
+            )
     if "merge" in results:
         merge = results["merge"]
         for label, run in merge["runs"].items():
             share = run["peak_above_imports_mib"] / merge["model_mib"]
-            row("merge", f"{label}: s; peak RSS above imports / model ({merge['model_mib']:.0f} MiB)", f"{run['seconds']:.1f} s; {share:.2f}x", "", None, "peak ~ 1 model", share <= 1.5)
+            row(
+                "merge",
+                f"{label}: s; peak RSS above imports / model ({merge['model_mib']:.0f} MiB)",
+                f"{run['seconds']:.1f} s; {share:.2f}x",
+                "",
+                None,
+                "peak ~ 1 model",
+                share <= 1.5,
+            )
     if "flops" in results:
         flops = results["flops"]
         row("flops", f"matmul peak {flops['peak_gflops']:.1f} GFLOP/s (2 threads, 2048^2 fp32)", "", "", None, "", None)
         achieved = flops["achieved_gflops"]
-        row("flops", "training GFLOP/s on real tokens (batch 32); share of peak", f"{achieved['embedtune']:.1f}; {flops['fraction']['embedtune']:.0%}", f"{achieved['sentence-transformers']:.1f}; {flops['fraction']['sentence-transformers']:.0%}", achieved["embedtune"] / achieved["sentence-transformers"], "report", None)
+        row(
+            "flops",
+            "training GFLOP/s on real tokens (batch 32); share of peak",
+            f"{achieved['embedtune']:.1f}; {flops['fraction']['embedtune']:.0%}",
+            f"{achieved['sentence-transformers']:.1f}; {flops['fraction']['sentence-transformers']:.0%}",
+            achieved["embedtune"] / achieved["sentence-transformers"],
+            "report",
+            None,
+        )
     if "gpu" in results:
         gpu = results["gpu"]
         if "skipped" in gpu:
             row("gpu", gpu["skipped"], "", "", None, "", None)
         else:
             speed = gpu[128]["pairs_per_s"]
-            row("gpu", f"pairs/s, batch 128 ({gpu['device']})", f"{speed['embedtune']:.1f}", f"{speed['sentence-transformers']:.1f}", speed["embedtune"] / speed["sentence-transformers"], "", None)
+            row(
+                "gpu",
+                f"pairs/s, batch 128 ({gpu['device']})",
+                f"{speed['embedtune']:.1f}",
+                f"{speed['sentence-transformers']:.1f}",
+                speed["embedtune"] / speed["sentence-transformers"],
+                "",
+                None,
+            )
     if "gpu-decoder" in results:
         decoder = results["gpu-decoder"]
         if "skipped" in decoder:
@@ -732,12 +884,44 @@ def report(results: dict) -> Table:
             ours, theirs = decoder["embedtune"], decoder["sentence-transformers"]
             setup = f"{decoder['size']} bf16, batch {decoder['batch']}/{decoder['mini_batch']}, {decoder['device']}"
             ratio = ours["pairs_per_s"] / theirs["pairs_per_s"]
-            row("gpu-decoder", f"pairs/s ({setup})", f"{ours['pairs_per_s']:.1f}", f"{theirs['pairs_per_s']:.1f}", ratio, ">= 1.3x", ratio >= 1.3)
-            row("gpu-decoder", "real (unpadded) tokens/s", f"{ours['real_tokens_per_s']:.0f}", f"{theirs['real_tokens_per_s']:.0f}", ours["real_tokens_per_s"] / theirs["real_tokens_per_s"], "", None)
-            row("gpu-decoder", f"share of peak on real tokens (peak {decoder['peak_flops_per_s'] / 1e12:.3g} TFLOP/s, {decoder['peak_source']})", f"{ours['share_of_peak']:.1%}", f"{theirs['share_of_peak']:.1%}", None, ">= 35%", ours["share_of_peak"] >= 0.35)
+            row(
+                "gpu-decoder",
+                f"pairs/s ({setup})",
+                f"{ours['pairs_per_s']:.1f}",
+                f"{theirs['pairs_per_s']:.1f}",
+                ratio,
+                ">= 1.3x",
+                ratio >= 1.3,
+            )
+            row(
+                "gpu-decoder",
+                "real (unpadded) tokens/s",
+                f"{ours['real_tokens_per_s']:.0f}",
+                f"{theirs['real_tokens_per_s']:.0f}",
+                ours["real_tokens_per_s"] / theirs["real_tokens_per_s"],
+                "",
+                None,
+            )
+            row(
+                "gpu-decoder",
+                f"share of peak on real tokens (peak {decoder['peak_flops_per_s'] / 1e12:.3g} TFLOP/s, {decoder['peak_source']})",
+                f"{ours['share_of_peak']:.1%}",
+                f"{theirs['share_of_peak']:.1%}",
+                None,
+                ">= 35%",
+                ours["share_of_peak"] >= 0.35,
+            )
             if ours["peak_memory_gib"] is not None:
                 memory = ours["peak_memory_gib"] / theirs["peak_memory_gib"]
-                row("gpu-decoder", "peak GPU memory GiB", f"{ours['peak_memory_gib']:.1f}", f"{theirs['peak_memory_gib']:.1f}", memory, "<= 1x", memory <= 1)
+                row(
+                    "gpu-decoder",
+                    "peak GPU memory GiB",
+                    f"{ours['peak_memory_gib']:.1f}",
+                    f"{theirs['peak_memory_gib']:.1f}",
+                    memory,
+                    "<= 1x",
+                    memory <= 1,
+                )
             row("gpu-decoder", "every loss and gradient finite", str(ours["finite"]), str(theirs["finite"]), None, "finite", ours["finite"])
     return table
 
@@ -749,7 +933,14 @@ def save(results: dict, path: str) -> None:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").is_file() else "unknown CPU"
+    cpu = (
+        next(
+            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+            "unknown CPU",
+        )
+        if Path("/proc/cpuinfo").is_file()
+        else "unknown CPU"
+    )
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
@@ -767,7 +958,12 @@ def main() -> None:
     parser.add_argument("--mine-docs", type=int, default=None, help="mining corpus size (default 5000; quick 1000)")
     parser.add_argument("--mine-queries", type=int, default=None, help="mining queries (default 1000; quick 200)")
     parser.add_argument("--no-quality", action="store_true", help="skip the held-out nDCG@10 after training")
-    parser.add_argument("--decoder-size", choices=("qwen3-0.6b", "tiny"), default="qwen3-0.6b", help="gpu-decoder: the random decoder's shape (tiny: a CPU smoke test)")
+    parser.add_argument(
+        "--decoder-size",
+        choices=("qwen3-0.6b", "tiny"),
+        default="qwen3-0.6b",
+        help="gpu-decoder: the random decoder's shape (tiny: a CPU smoke test)",
+    )
     parser.add_argument("--decoder-batch", type=int, default=1024, help="gpu-decoder: pairs per step (default 1024)")
     parser.add_argument("--decoder-mini-batch", type=int, default=64, help="gpu-decoder: GradCache mini-batch (default 64)")
     parser.add_argument("--decoder-max-length", type=int, default=512, help="gpu-decoder: document tokens (default 512; queries 64)")
@@ -777,7 +973,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_args()
-    for name, full, quick in (("steps_32", 8, 3), ("steps_128", 4, 2), ("large_batch", 1024, 256), ("encode_texts", 1000, 300), ("mine_docs", 5_000, 1_000), ("mine_queries", 1000, 200)):
+    for name, full, quick in (
+        ("steps_32", 8, 3),
+        ("steps_128", 4, 2),
+        ("large_batch", 1024, 256),
+        ("encode_texts", 1000, 300),
+        ("mine_docs", 5_000, 1_000),
+        ("mine_queries", 1000, 200),
+    ):
         if getattr(options, name) is None:
             setattr(options, name, quick if options.quick else full)
     if options.worker:
@@ -794,7 +997,9 @@ def main() -> None:
     results: dict = {"machine": machine(), "command": " ".join(["python", "scripts/bench.py", *sys.argv[1:]]), "sections": sections}
     pairs = mixed_pairs(options.data_dir)
     if "train" in sections or "flops" in sections:
-        results["train"] = bench_train(options, pairs) if "train" in sections else bench_train(options, pairs, sizes=((32, options.steps_32),))
+        results["train"] = (
+            bench_train(options, pairs) if "train" in sections else bench_train(options, pairs, sizes=((32, options.steps_32),))
+        )
         save(results, options.json)
     if "encode" in sections:
         results["encode"] = bench_encode(options, corpus_texts(options.data_dir, options.encode_texts, seed=1))
@@ -812,11 +1017,20 @@ def main() -> None:
         console.log("[bold]flops[/]: 2048^2 fp32 matmul peak on 2 threads")
         peak = matmul_peak()
         step = results["train"][32]
-        achieved = {name: statistics.median(f / s for f, s in zip(step["step_flops"], seconds)) / 1e9 for name, seconds in step["seconds"].items()}
-        results["flops"] = {"peak_gflops": peak / 1e9, "achieved_gflops": achieved, "fraction": {name: value * 1e9 / peak for name, value in achieved.items()}}
+        achieved = {
+            name: statistics.median(f / s for f, s in zip(step["step_flops"], seconds)) / 1e9 for name, seconds in step["seconds"].items()
+        }
+        results["flops"] = {
+            "peak_gflops": peak / 1e9,
+            "achieved_gflops": achieved,
+            "fraction": {name: value * 1e9 / peak for name, value in achieved.items()},
+        }
     if "gpu" in sections:
         if torch.cuda.is_available():
-            results["gpu"] = {"device": torch.cuda.get_device_name(), **bench_train(options, pairs, device="cuda", sizes=((128, options.steps_128),))}
+            results["gpu"] = {
+                "device": torch.cuda.get_device_name(),
+                **bench_train(options, pairs, device="cuda", sizes=((128, options.steps_128),)),
+            }
         else:
             results["gpu"] = {"skipped": "skipped: no CUDA device on this machine"}
         save(results, options.json)

@@ -1,9 +1,9 @@
 """The Python parts of ``scripts/gpu_check.sh``: its input files and its pass/fail checks.
 
-    python scripts/gpu_check_tools.py data DATA_DIR WORK_DIR     # SciFact -> the check's pairs files and a small BEIR set
-    python scripts/gpu_check_tools.py loss-falls TRAIN_LOG       # exit 1 unless every loss is finite and the last is lowest
-    python scripts/gpu_check_tools.py st-loads FOLDER...         # exit 1 unless each folder embeds in sentence-transformers
-    python scripts/gpu_check_tools.py summary STEPS_TSV OUT_JSON # the steps' records as one JSON file
+python scripts/gpu_check_tools.py data DATA_DIR WORK_DIR     # SciFact -> the check's pairs files and a small BEIR set
+python scripts/gpu_check_tools.py loss-falls TRAIN_LOG       # exit 1 unless every loss is finite and the last is lowest
+python scripts/gpu_check_tools.py st-loads FOLDER...         # exit 1 unless each folder embeds in sentence-transformers
+python scripts/gpu_check_tools.py summary STEPS_TSV OUT_JSON # the steps' records as one JSON file
 """
 
 from __future__ import annotations
@@ -33,12 +33,19 @@ def write_data(data_dir: Path, work: Path) -> None:
     scifact = data_dir / "scifact"
     corpus = {row["_id"]: row for row in _jsonl(scifact / "corpus.jsonl")}
     queries = {row["_id"]: row["text"] for row in _jsonl(scifact / "queries.jsonl")}
-    qrels = [line.split("\t")[:2] for line in (scifact / "qrels" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+    qrels = [
+        line.split("\t")[:2] for line in (scifact / "qrels" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:] if line.strip()
+    ]
     qrels = [(query, doc) for query, doc in qrels if query in queries and doc in corpus]
     document = lambda doc: f"{corpus[doc]['title']} {corpus[doc]['text']}".strip()  # noqa: E731
-    _write_jsonl(work / "weak.jsonl", [{"query": row["title"], "positive": row["text"]} for row in corpus.values() if row["title"].strip() and row["text"].strip()])
+    _write_jsonl(
+        work / "weak.jsonl",
+        [{"query": row["title"], "positive": row["text"]} for row in corpus.values() if row["title"].strip() and row["text"].strip()],
+    )
     held_out = sorted({query for query, _ in qrels})[:EVAL_QUERIES]
-    _write_jsonl(work / "sft.jsonl", [{"query": queries[query], "positive": document(doc)} for query, doc in qrels if query not in held_out])
+    _write_jsonl(
+        work / "sft.jsonl", [{"query": queries[query], "positive": document(doc)} for query, doc in qrels if query not in held_out]
+    )
     judged = [(query, doc) for query, doc in qrels if query in held_out]
     docs = list(dict.fromkeys(doc for _, doc in judged))
     docs += [doc for doc in corpus if doc not in docs][: CORPUS_SIZE - len(docs)]
@@ -46,7 +53,9 @@ def write_data(data_dir: Path, work: Path) -> None:
     _write_jsonl(beir / "corpus.jsonl", [{"_id": doc, "title": corpus[doc]["title"], "text": corpus[doc]["text"]} for doc in docs])
     _write_jsonl(beir / "queries.jsonl", [{"_id": query, "text": queries[query]} for query in held_out])
     (beir / "qrels").mkdir(exist_ok=True)
-    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{query}\t{doc}\t1\n" for query, doc in judged), encoding="utf-8")
+    (beir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{query}\t{doc}\t1\n" for query, doc in judged), encoding="utf-8"
+    )
 
 
 def loss_falls(train_log: Path) -> bool:
@@ -63,7 +72,11 @@ def sentence_transformers_loads(folders: list[str]) -> bool:
 
     ok = True
     for folder in folders:
-        embeddings = torch.as_tensor(SentenceTransformer(folder, device="cuda" if torch.cuda.is_available() else "cpu").encode(["a claim about cells", "an abstract on proteins"]))
+        embeddings = torch.as_tensor(
+            SentenceTransformer(folder, device="cuda" if torch.cuda.is_available() else "cpu").encode(
+                ["a claim about cells", "an abstract on proteins"]
+            )
+        )
         good = bool(torch.isfinite(embeddings).all()) and not torch.allclose(embeddings[0], embeddings[1])
         print(f"{folder}: sentence-transformers {tuple(embeddings.shape)} {'ok' if good else 'NOT finite or not distinct'}")
         ok = ok and good

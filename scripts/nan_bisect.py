@@ -38,20 +38,32 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from random_decoder import build, tokenizer
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from embedtune.training.gradcache import gradcache_step
 from embedtune.losses.batch import BatchInfo, text_ids
 from embedtune.losses.infonce import InfoNCE
 from embedtune.model import Embedder
 from embedtune.training.build import parameter_groups
-from random_decoder import build, tokenizer
+from embedtune.training.gradcache import gradcache_step
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-BACKENDS = {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+BACKENDS = {
+    "math": SDPBackend.MATH,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
 KERNEL_WIDTHS = (64, 128, 192, 512)
 # The reported run; each variant changes one of these.
-REPORTED = {"gradcache": True, "checkpointing": True, "precision": "bf16", "padding": "left", "pad_to_multiple_of": None, "backend": "default"}
+REPORTED = {
+    "gradcache": True,
+    "checkpointing": True,
+    "precision": "bf16",
+    "padding": "left",
+    "pad_to_multiple_of": None,
+    "backend": "default",
+}
 VARIANTS = {
     "reported": {},
     "gradcache_off": {"gradcache": False},
@@ -168,7 +180,9 @@ def run_variant(model: Embedder, initial: dict, batches_of_pairs: list, options,
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=options.lr)
     loss_fn = InfoNCE(temperature=0.05)
     widths: set[int] = set()
-    record_width = model.backbone.register_forward_pre_hook(lambda _, args, kwargs: widths.add(int(kwargs["input_ids"].shape[1])), with_kwargs=True)
+    record_width = model.backbone.register_forward_pre_hook(
+        lambda _, args, kwargs: widths.add(int(kwargs["input_ids"].shape[1])), with_kwargs=True
+    )
 
     def forward(features: dict[str, torch.Tensor]) -> torch.Tensor:  # what Accelerate's autocast wrapper does
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=switches["precision"] == "bf16"):
@@ -177,15 +191,27 @@ def run_variant(model: Embedder, initial: dict, batches_of_pairs: list, options,
     steps = []
     for pairs in batches_of_pairs:
         widths.clear()
-        queries = tokenized(model.tokenizer, [q for q, _ in pairs], options.query_max_length, switches["padding"], switches["pad_to_multiple_of"], device)
-        documents = tokenized(model.tokenizer, [d for _, d in pairs], options.max_length, switches["padding"], switches["pad_to_multiple_of"], device)
+        queries = tokenized(
+            model.tokenizer, [q for q, _ in pairs], options.query_max_length, switches["padding"], switches["pad_to_multiple_of"], device
+        )
+        documents = tokenized(
+            model.tokenizer, [d for _, d in pairs], options.max_length, switches["padding"], switches["pad_to_multiple_of"], device
+        )
         info = BatchInfo(query_ids=text_ids([q for q, _ in pairs]), document_ids=text_ids([d for _, d in pairs])).to(device)
         batch = {"queries": queries, "documents": documents, "info": info}
         start = time.perf_counter()
         try:
             with backend_context(switches["backend"]):  # forward, checkpoint recomputation and backward alike
                 if switches["gradcache"]:
-                    loss, _, _ = gradcache_step(forward, batch, loss_fn, model.loss_params, options.mini_batch, lambda value: value.backward(), contextlib.nullcontext)
+                    loss, _, _ = gradcache_step(
+                        forward,
+                        batch,
+                        loss_fn,
+                        model.loss_params,
+                        options.mini_batch,
+                        lambda value: value.backward(),
+                        contextlib.nullcontext,
+                    )
                 else:
                     loss = loss_fn(forward(queries), forward(documents), info, model.loss_params)
                     loss.backward()
@@ -245,7 +271,9 @@ def main() -> None:
         options.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
     started = time.perf_counter()
-    result["kernels"] = kernel_matrix(config.num_attention_heads, config.head_dim, device, torch.bfloat16 if device == "cuda" else torch.float32)
+    result["kernels"] = kernel_matrix(
+        config.num_attention_heads, config.head_dim, device, torch.bfloat16 if device == "cuda" else torch.float32
+    )
     write()
     print(f"kernels: {time.perf_counter() - started:.0f} s", flush=True)
     model = Embedder(backbone, tok, pooling="last_token", max_length=options.max_length)
@@ -257,7 +285,14 @@ def main() -> None:
         result["variants"][name] = run_variant(model, initial, batches_of_pairs, options, switches)
         write()
         steps = result["variants"][name]["steps"]
-        print(f"{name:>28}: " + "; ".join(s.get("error") or f"loss {s['loss']:.3f} grad {s['grad_norm']:.3g} ({s['nonfinite_params']} non-finite, {s['seconds']} s)" for s in steps), flush=True)
+        print(
+            f"{name:>28}: "
+            + "; ".join(
+                s.get("error") or f"loss {s['loss']:.3f} grad {s['grad_norm']:.3g} ({s['nonfinite_params']} non-finite, {s['seconds']} s)"
+                for s in steps
+            ),
+            flush=True,
+        )
     result["verdict"] = verdict(result)
     result["wall_s"] = time.perf_counter() - started
     write()
@@ -270,7 +305,8 @@ def verdict(result: dict) -> dict:
     variants = result["variants"]
     errors = {name for name, variant in variants.items() if any("error" in step for step in variant["steps"])}
     bad_kernels = [
-        f"{name} {record['padding']} width {record['width']}: " + ",".join(part for part in ("dq", "dk", "dv") if not record[name][f"{part}_finite"])
+        f"{name} {record['padding']} width {record['width']}: "
+        + ",".join(part for part in ("dq", "dk", "dv") if not record[name][f"{part}_finite"])
         for record in result["kernels"]
         for name in ("default", *BACKENDS)
         if "error" not in record[name] and not all(record[name][f"{part}_finite"] for part in ("dq", "dk", "dv"))
@@ -280,7 +316,9 @@ def verdict(result: dict) -> dict:
         "non_finite": sorted(name for name, variant in variants.items() if not variant["finite"] and name not in errors),
         "could_not_run": sorted(errors),
         "kernel_cases_with_non_finite_gradients": bad_kernels,
-        "default_backend_picks": sorted({f"{record['padding']} width {record['width']}: {record['default_picks']}" for record in result["kernels"]}),
+        "default_backend_picks": sorted(
+            {f"{record['padding']} width {record['width']}: {record['default_picks']}" for record in result["kernels"]}
+        ),
     }
 
 

@@ -22,6 +22,7 @@ from embedtune.training.run import run
 @pytest.fixture
 def files(tmp_path):
     """Small inputs, each wrong in one way (and one right pairs file)."""
+
     def write(name: str, text: str | bytes):
         path = tmp_path / name
         path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
@@ -49,11 +50,20 @@ CASES = [
     (["eval", "--model", "all-MiniLM-L6-v2", "--data", "{pairs}", "--max-length", "-5"], "--max-length must be >= 1, got -5"),
     (["eval", "--model", "all-MiniLM-L6-v2", "--data", "{constant sts}"], "every gold score is 3, so no correlation with them is defined"),
     (["eval", "--model", "all-MiniLM-L6-v2", "--data", "{json array}"], "rows.json:3: invalid JSON (Expecting value at column 30)"),
-    (["diagnose", "--model", "all-MiniLM-L6-v2", "--data", "{one pair}"], "one.jsonl: 1 positive pair(s); the geometry of an embedding space needs at least 2"),
+    (
+        ["diagnose", "--model", "all-MiniLM-L6-v2", "--data", "{one pair}"],
+        "one.jsonl: 1 positive pair(s); the geometry of an embedding space needs at least 2",
+    ),
     (["diagnose", "--model", "all-MiniLM-L6-v2", "--data", "{pairs}", "--max-length", "0"], "--max-length must be >= 1, got 0"),
-    (["train", "data=files", "data.train={pairs}", "train.scheduler=bogus", "output_dir={tmp}/r2"], "train.scheduler must be one of linear, cosine"),
+    (
+        ["train", "data=files", "data.train={pairs}", "train.scheduler=bogus", "output_dir={tmp}/r2"],
+        "train.scheduler must be one of linear, cosine",
+    ),
     (["train", "data=files", "data.train={pairs}", "overwrite=maybe", "output_dir={tmp}/r3"], "overwrite must be true or false"),
-    (["train", "data=files", "data.train={pairs}", "train.max_nonfinite_in_a_row=0", "output_dir={tmp}/r4"], "train.max_nonfinite_in_a_row must be an integer >= 1"),
+    (
+        ["train", "data=files", "data.train={pairs}", "train.max_nonfinite_in_a_row=0", "output_dir={tmp}/r4"],
+        "train.max_nonfinite_in_a_row must be an integer >= 1",
+    ),
 ]
 
 
@@ -104,7 +114,19 @@ def test_nan_metrics_are_written_as_null_json():
 
 def compose_tiny(model_dir, pairs, *extra):
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=["data=files", f"data.train={pairs}", f"backbone.path={model_dir}", "backbone.max_length=16", "batch.size=4", "negatives.per_query=0", "eval.before=false", *extra])
+        return compose(
+            "train",
+            overrides=[
+                "data=files",
+                f"data.train={pairs}",
+                f"backbone.path={model_dir}",
+                "backbone.max_length=16",
+                "batch.size=4",
+                "negatives.per_query=0",
+                "eval.before=false",
+                *extra,
+            ],
+        )
 
 
 def test_a_run_whose_every_step_has_learning_rate_zero_is_refused(tiny_bert_dir, files, tmp_path):

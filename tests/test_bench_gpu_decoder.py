@@ -26,7 +26,9 @@ def test_decoder_training_flops_are_torchs_count_of_the_matmuls_less_the_causall
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import Qwen3Config, Qwen3Model
 
-    config = Qwen3Config(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=48)
+    config = Qwen3Config(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=48
+    )
     config._attn_implementation = "eager"
     model = Qwen3Model(config).eval()
     length = 10

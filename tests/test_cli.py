@@ -12,7 +12,10 @@ from embedtune.model import load_embedder
 def pairs_file(tmp_path_factory):
     """40 toy (query, positive, negative) rows with distinct texts."""
     path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    rows = [{"query": f"what is item {i}", "positive": f"item {i} is a thing number {i}", "negatives": [f"unrelated text {i}"]} for i in range(40)]
+    rows = [
+        {"query": f"what is item {i}", "positive": f"item {i} is a thing number {i}", "negatives": [f"unrelated text {i}"]}
+        for i in range(40)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 

@@ -8,8 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from embedtune.training.config import config_dir, validate
 from embedtune.errors import ConfigError
+from embedtune.training.config import config_dir, validate
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir())
 OPTIONS = [(group, yaml.stem) for group in GROUPS for yaml in sorted((config_dir() / group).glob("*.yaml"))]

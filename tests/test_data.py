@@ -7,7 +7,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedtune.data.held_out import load_beir, pairs_as_retrieval_set
-
 from embedtune.data.rows import Columns, load_pairs
 from embedtune.data.stdlib import load as load_stdlib
 from embedtune.data.types import Pair

@@ -33,7 +33,9 @@ def test_last_token_pooling_appends_eos_once_and_truncation_keeps_it(decoder_dir
 
 def test_other_poolings_leave_the_tokenizer_alone(tiny_qwen3_dir):
     model = load_embedder(str(tiny_qwen3_dir), pooling="mean")
-    assert model.tokenize(["a short text"])["input_ids"][0].tolist() == model.tokenizer("a short text", add_special_tokens=False)["input_ids"]
+    assert (
+        model.tokenize(["a short text"])["input_ids"][0].tolist() == model.tokenizer("a short text", add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_llama_keeps_its_bos_and_gets_a_pad_token(tiny_llama_dir):
@@ -57,7 +59,14 @@ def test_padded_batch_equals_unpadded_single_inputs(decoder_dir, side):
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_saved_decoder_loads_in_sentence_transformers_with_same_embeddings(decoder_dir, tmp_path, bidirectional):
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    model = load_embedder(str(decoder_dir), pooling="last_token", max_length=12, padding_side="left", prompts={"query": "Instruct: retrieve\nQuery:"}, bidirectional=bidirectional)
+    model = load_embedder(
+        str(decoder_dir),
+        pooling="last_token",
+        max_length=12,
+        padding_side="left",
+        prompts={"query": "Instruct: retrieve\nQuery:"},
+        bidirectional=bidirectional,
+    )
     model.save(tmp_path / "m")
     st = sentence_transformers.SentenceTransformer(str(tmp_path / "m"), device="cpu")
     st_tokenizer = st[0].tokenizer
@@ -127,7 +136,12 @@ def test_eos_joins_a_llama3_style_sequence_post_processor():
     vocab = {"<|begin_of_text|>": 0, "<|end_of_text|>": 1, **{c: i + 2 for i, c in enumerate("abcĠ")}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="a"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)])])
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)]),
+        ]
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
     model_module.append_eos(tokenizer)
     assert tokenizer("b")["input_ids"] == [0, vocab["b"], 1]
@@ -138,7 +152,12 @@ def test_eos_joins_a_llama3_style_sequence_post_processor():
     [
         (["prompt=qwen3", "prompt.task=Find the function"], "mean", "Instruct: Find the function\nQuery:", ""),
         (["prompt=e5"], "mean", "query: ", "passage: "),
-        (["backbone=qwen3_0_6b"], "last_token", "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:", ""),
+        (
+            ["backbone=qwen3_0_6b"],
+            "last_token",
+            "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+            "",
+        ),
         (["backbone=qwen3_0_6b", "pooling=mean", "prompt=none"], "mean", "", ""),  # the command line beats the backbone's defaults
         (["backbone=smollm2"], "last_token", "", ""),
     ],

@@ -41,7 +41,9 @@ def test_orthonormal_basis_closed_forms():
 
 def test_alignment_uniformity_and_random_cosine_by_hand():
     theta = 0.3  # a positive pair at angle theta: ||x - y||^2 = 2 - 2 cos(theta)
-    assert alignment(torch.tensor([[1.0, 0.0]]), torch.tensor([[math.cos(theta), math.sin(theta)]])) == pytest.approx(2 - 2 * math.cos(theta))
+    assert alignment(torch.tensor([[1.0, 0.0]]), torch.tensor([[math.cos(theta), math.sin(theta)]])) == pytest.approx(
+        2 - 2 * math.cos(theta)
+    )
     # points e1, e1, e2: pairs at squared distance 0, 2, 2; cosines 1, 0, 0
     points = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     assert uniformity(points) == pytest.approx(math.log((1 + 2 * math.exp(-4)) / 3))
@@ -51,7 +53,9 @@ def test_alignment_uniformity_and_random_cosine_by_hand():
 def test_anisotropic_cloud_is_flagged_and_a_healthy_space_is_not():
     generator = torch.Generator().manual_seed(0)
     direction = F.normalize(torch.randn(64, generator=generator), dim=0)
-    cone = F.normalize(direction + 0.5 * F.normalize(torch.randn(200, 64, generator=generator), dim=-1), dim=-1)  # cosine to each other about 0.8
+    cone = F.normalize(
+        direction + 0.5 * F.normalize(torch.randn(200, 64, generator=generator), dim=-1), dim=-1
+    )  # cosine to each other about 0.8
     numbers = diagnose(cone[:100], cone[100:])
     assert 0.6 < numbers["random_cosine"] < 0.95
     assert verdict(numbers).startswith(f"anisotropic: random pairs average cosine {numbers['random_cosine']:.2f}")
@@ -78,10 +82,26 @@ def test_geometry_keeps_the_training_log_definitions():
 def test_diagnose_command_writes_numbers_verdicts_and_plots(tiny_bert_dir, tmp_path):
     pytest.importorskip("matplotlib")
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"query": f"what is item {i}", "positive": f"item {i} is thing {i}", "topic": f"t{i % 3}"}) + "\n" for i in range(30)))
+    pairs.write_text(
+        "".join(
+            json.dumps({"query": f"what is item {i}", "positive": f"item {i} is thing {i}", "topic": f"t{i % 3}"}) + "\n" for i in range(30)
+        )
+    )
     sts = tmp_path / "sts.tsv"
     sts.write_text("".join(f"g\ts\t2012\t{i}\t{i % 5}\ta cat number {i}\ta dog number {i}\n" for i in range(20)))
-    command = ["diagnose", "--model", str(tiny_bert_dir), "--data", str(pairs), str(sts), "--label-column", "topic", "--plots", "--out-dir", str(tmp_path / "d")]
+    command = [
+        "diagnose",
+        "--model",
+        str(tiny_bert_dir),
+        "--data",
+        str(pairs),
+        str(sts),
+        "--label-column",
+        "topic",
+        "--plots",
+        "--out-dir",
+        str(tmp_path / "d"),
+    ]
     result = embedtune(*command)
     assert result.returncode == 0, result.stderr
     assert "geometry: pairs.jsonl (30 positive pairs)" in result.stdout and "uniform" in result.stdout
@@ -98,7 +118,22 @@ def test_eval_with_diagnose_gives_the_table_the_geometry_and_the_pictures_in_one
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"query": f"what is item {i}", "positive": f"item {i} is thing {i}"}) + "\n" for i in range(12)))
-    main(["eval", "--model", "all-MiniLM-L6-v2", str(tiny_bert_dir), "--data", str(pairs), "--max-length", "16", "--out", str(tmp_path / "eval.json"), "--diagnose", str(tmp_path / "d")])
+    main(
+        [
+            "eval",
+            "--model",
+            "all-MiniLM-L6-v2",
+            str(tiny_bert_dir),
+            "--data",
+            str(pairs),
+            "--max-length",
+            "16",
+            "--out",
+            str(tmp_path / "eval.json"),
+            "--diagnose",
+            str(tmp_path / "d"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "retrieval: pairs.jsonl" in out and "geometry: pairs.jsonl (12 positive pairs)" in out
     assert {row["model"] for row in json.loads((tmp_path / "eval.json").read_text())["rows"]} == {"all-MiniLM-L6-v2", str(tiny_bert_dir)}

@@ -29,12 +29,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from embedtune.console import launch_rank
-from embedtune.training.distributed import CrossDevice, check_launch, freeze_unused_pooler, gather_batch
 from embedtune.errors import ConfigError
-from embedtune.training.gradcache import gradcache_step
 from embedtune.losses.batch import BatchInfo
 from embedtune.losses.infonce import InfoNCE
 from embedtune.losses.qwen3 import Qwen3Loss
+from embedtune.training.distributed import CrossDevice, check_launch, freeze_unused_pooler, gather_batch
+from embedtune.training.gradcache import gradcache_step
 
 WORLD, PER_RANK, K, FEATURES, DIM = 2, 3, 2, 12, 8
 PAIRS = WORLD * PER_RANK
@@ -134,7 +134,9 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         # with a learnable temperature, which only the synced last replay lets DDP reduce.
         model = DistributedDataParallel(TinyEncoder())
         batch = {"queries": {"input_ids": queries}, "documents": {"input_ids": documents}, "info": info}
-        loss, _, _ = gradcache_step(model, batch, CrossDevice(LOSSES["infonce"]), model.module.loss_params, 2, lambda loss: loss.backward(), model.no_sync)
+        loss, _, _ = gradcache_step(
+            model, batch, CrossDevice(LOSSES["infonce"]), model.module.loss_params, 2, lambda loss: loss.backward(), model.no_sync
+        )
         results["gradcache"] = (loss.item(), gradients(model.module))
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
@@ -259,7 +261,10 @@ runpy.run_module("embedtune", run_name="__main__", alter_sys=True)
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes_with_cross_device_negatives(tiny_bert_dir, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    rows = [{"query": f"question {i}", "positive": f"answer about topic {i}", "negatives": [f"distractor {i} a", f"distractor {i} b"]} for i in range(16)]
+    rows = [
+        {"query": f"question {i}", "positive": f"answer about topic {i}", "negatives": [f"distractor {i} a", f"distractor {i} b"]}
+        for i in range(16)
+    ]
     pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
     main = tmp_path / "fake_clock_main.py"
     main.write_text(FAKE_CLOCK_MAIN)

@@ -11,12 +11,12 @@ from helpers import embedtune
 
 from embedtune.cli import main
 from embedtune.data.held_out import write_beir
+from embedtune.data.sts_files import is_sts_file, load_sts
 from embedtune.data.types import RetrievalSet
 from embedtune.errors import DataError
 from embedtune.eval.benchmarks import load_benchmark, positive_pairs
 from embedtune.eval.metrics import map_at_k, retrieval_metrics
 from embedtune.eval.retrieval import rank, truncate
-from embedtune.data.sts_files import is_sts_file, load_sts
 
 # --- MAP ----------------------------------------------------------------------------------
 from embedtune.eval.sts import average_ranks, evaluate_sts, pearson, spearman
@@ -142,8 +142,18 @@ def eval_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-data")
     rows = [{"query": f"what is item {i}", "positive": f"item {i} is a thing number {i}"} for i in range(12)]
     (root / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (root / "sts-dev.csv").write_text("".join(f"g\ts\t2012\t{i}\t{i % 5}.0\ta cat sat number {i}\ta {'cat' if i % 2 else 'dog'} sat {i}\n" for i in range(10)))
-    write_beir(RetrievalSet("toy", {f"q{i}": f"question {i}" for i in range(4)}, {f"d{i}": f"answer {i}" for i in range(8)}, {f"q{i}": {f"d{i}": 1} for i in range(4)}), root / "beir")
+    (root / "sts-dev.csv").write_text(
+        "".join(f"g\ts\t2012\t{i}\t{i % 5}.0\ta cat sat number {i}\ta {'cat' if i % 2 else 'dog'} sat {i}\n" for i in range(10))
+    )
+    write_beir(
+        RetrievalSet(
+            "toy",
+            {f"q{i}": f"question {i}" for i in range(4)},
+            {f"d{i}": f"answer {i}" for i in range(8)},
+            {f"q{i}": {f"d{i}": 1} for i in range(4)},
+        ),
+        root / "beir",
+    )
     return root
 
 
@@ -151,11 +161,33 @@ def test_eval_several_data_sets_and_matryoshka_dims(tiny_bert_dir, eval_data, tm
     pytest.importorskip("matplotlib")
     out, table, plot = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "dims.png"
     data = [str(eval_data / "pairs.jsonl"), str(eval_data / "sts-dev.csv"), str(eval_data / "beir")]
-    result = embedtune("eval", "--model", str(tiny_bert_dir), "--data", *data, "--dims", "16", "32", "--out", str(out), "--csv", str(table), "--plot", str(plot))
+    result = embedtune(
+        "eval",
+        "--model",
+        str(tiny_bert_dir),
+        "--data",
+        *data,
+        "--dims",
+        "16",
+        "32",
+        "--out",
+        str(out),
+        "--csv",
+        str(table),
+        "--plot",
+        str(plot),
+    )
     assert result.returncode == 0, result.stderr
     assert "sts: sts-dev.csv (10 scored pairs)" in result.stdout and "retrieval: beir/test (4 queries, 8 documents)" in result.stdout
     rows = json.loads(out.read_text())["rows"]
-    assert [(row["task"], row["dim"]) for row in rows] == [("retrieval", 32), ("retrieval", 16), ("sts", 32), ("sts", 16), ("retrieval", 32), ("retrieval", 16)]
+    assert [(row["task"], row["dim"]) for row in rows] == [
+        ("retrieval", 32),
+        ("retrieval", 16),
+        ("sts", 32),
+        ("sts", 16),
+        ("retrieval", 32),
+        ("retrieval", 16),
+    ]
     assert {"ndcg@10", "map@100"} <= set(rows[0]) and {"spearman", "pearson"} <= set(rows[2])
     lines = table.read_text().splitlines()
     assert lines[0].startswith("data,name,task,model,dim,ndcg@10") and lines[0].endswith("spearman,pearson") and len(lines) == 7

@@ -7,9 +7,9 @@ from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedtune.training.config import config_dir, validate
 from embedtune.data.rows import load_pairs
 from embedtune.errors import EmbedtuneError
+from embedtune.training.config import config_dir, validate
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
@@ -52,8 +52,22 @@ def test_random_rows_load_or_fail_with_one_line_naming_the_row(tmp_path, file_li
         assert (pair.query, pair.positive) == (row["query"], row["positive"])
 
 
-OPTIONS = ["batch.size", "train.lr", "train.epochs", "train.max_steps", "train.warmup_ratio", "loss.temperature", "negatives.per_query", "mrl.dims", "train.mixed_precision", "save.state_every_n_steps", "pooling.mode"]
-values = st.one_of(st.integers(-3, 3), st.floats(-1, 1, allow_nan=False), st.sampled_from(["abc", "null", "[1,2]", "[]", "true", "bf16", "mean"]))
+OPTIONS = [
+    "batch.size",
+    "train.lr",
+    "train.epochs",
+    "train.max_steps",
+    "train.warmup_ratio",
+    "loss.temperature",
+    "negatives.per_query",
+    "mrl.dims",
+    "train.mixed_precision",
+    "save.state_every_n_steps",
+    "pooling.mode",
+]
+values = st.one_of(
+    st.integers(-3, 3), st.floats(-1, 1, allow_nan=False), st.sampled_from(["abc", "null", "[1,2]", "[]", "true", "bf16", "mean"])
+)
 
 
 @settings(max_examples=120, deadline=None)

@@ -11,7 +11,15 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 STEPS = ["bisect", "decoder", "bench", "default", "recipe", "ddp", "fsdp"]
-RESULT_FILES = {"summary.json", "gpu_check.log", "nan_bisect.json", "bench.json", "decoder_train_log.jsonl", "default_eval.json", "recipe_eval.json"}
+RESULT_FILES = {
+    "summary.json",
+    "gpu_check.log",
+    "nan_bisect.json",
+    "bench.json",
+    "decoder_train_log.jsonl",
+    "default_eval.json",
+    "recipe_eval.json",
+}
 
 
 def run_check(out: Path, data: Path, **environment) -> subprocess.CompletedProcess:
@@ -45,7 +53,9 @@ def test_tiny_check_runs_every_step_and_writes_its_result_files(shared_data, tmp
     assert set(statuses.values()) == {"ok"}, statuses
 
     bisect = json.loads((out / "nan_bisect.json").read_text())
-    assert {"reported", "padding_right", "fp32", "gradcache_off", "checkpointing_off", "backend_math", "backend_cudnn"} <= set(bisect["variants"])
+    assert {"reported", "padding_right", "fp32", "gradcache_off", "checkpointing_off", "backend_math", "backend_cudnn"} <= set(
+        bisect["variants"]
+    )
     assert {"reported", "padding_right", "fp32", "backend_math"} <= set(bisect["verdict"]["finite"])  # a CPU stays finite, as reported
     assert "backend_cudnn" in bisect["verdict"]["could_not_run"]  # no cuDNN on a CPU
     left = next(record for record in bisect["kernels"] if record["padding"] == "left" and record["width"] == 64)

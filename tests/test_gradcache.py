@@ -7,17 +7,24 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from embedtune.training.config import config_dir
 from embedtune.data.collate import PairCollator
 from embedtune.data.types import Pair
-from embedtune.training.gradcache import _mini_batches, gradcache_step
 from embedtune.losses.infonce import InfoNCE
 from embedtune.losses.matryoshka import Matryoshka
 from embedtune.model import load_embedder
+from embedtune.training.config import config_dir
+from embedtune.training.gradcache import _mini_batches, gradcache_step
 
 LOSSES = sorted(p.stem for p in (config_dir() / "loss").glob("*.yaml"))
 PAIRS = [
-    Pair(f"query {i} about {'cats dogs birds'.split()[i % 3]}", f"document {i} text " * (1 + i % 3), (f"negative {i} a", f"other negative {i} b"), float(i % 4), f"c{i % 2}", (3.0, 1.0, 0.5))
+    Pair(
+        f"query {i} about {'cats dogs birds'.split()[i % 3]}",
+        f"document {i} text " * (1 + i % 3),
+        (f"negative {i} a", f"other negative {i} b"),
+        float(i % 4),
+        f"c{i % 2}",
+        (3.0, 1.0, 0.5),
+    )
     for i in range(6)
 ]
 

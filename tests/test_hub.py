@@ -48,7 +48,13 @@ def online_hub(monkeypatch):
         return f"https://huggingface.co/{repo_id}"
 
     def upload_folder(self, folder_path, repo_id, **options):
-        calls.append(("upload_folder", repo_id, {**options, "folder_path": folder_path, "card": open(f"{folder_path}/README.md", encoding="utf-8").read()}))
+        calls.append(
+            (
+                "upload_folder",
+                repo_id,
+                {**options, "folder_path": folder_path, "card": open(f"{folder_path}/README.md", encoding="utf-8").read()},
+            )
+        )
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
@@ -89,7 +95,9 @@ def test_no_token_and_unreachable_hub_are_one_line_errors(online_hub, monkeypatc
 
 def test_offline_run_with_a_repo_id_fails_before_training(tiny_bert_dir, pairs, tmp_path):
     out = tmp_path / "run"
-    result = embedtune("train", "data=files", f"data.train={pairs}", f"backbone.path={tiny_bert_dir}", "hub.repo_id=me/tiny-model", f"output_dir={out}")
+    result = embedtune(
+        "train", "data=files", f"data.train={pairs}", f"backbone.path={tiny_bert_dir}", "hub.repo_id=me/tiny-model", f"output_dir={out}"
+    )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("embedtune train: error: hub.repo_id=me/tiny-model: HF_HUB_OFFLINE is set")
     assert not out.exists()  # nothing trained, nothing written
@@ -108,6 +116,15 @@ def test_bad_hub_settings_name_the_option(tiny_bert_dir, pairs, overrides, messa
 
 
 def test_a_sweep_with_a_repo_id_is_refused(tiny_bert_dir, pairs, tmp_path):
-    result = embedtune("train", "-m", "loss.temperature=0.02,0.1", "data=files", f"data.train={pairs}", f"backbone.path={tiny_bert_dir}", "hub.repo_id=me/m", f"output_dir={tmp_path / 's'}")
+    result = embedtune(
+        "train",
+        "-m",
+        "loss.temperature=0.02,0.1",
+        "data=files",
+        f"data.train={pairs}",
+        f"backbone.path={tiny_bert_dir}",
+        "hub.repo_id=me/m",
+        f"output_dir={tmp_path / 's'}",
+    )
     assert result.returncode != 0 and "hub.repo_id=me/m in a sweep would upload every run to one repository" in result.stderr
     assert not (tmp_path / "s-sweep").exists()

@@ -15,7 +15,22 @@ PACKAGE = Path(__file__).resolve().parents[1] / "embedtune"
 # What each part of embedtune may import (besides itself). Commands sit on top; training, mining,
 # merging and evaluation use data, models and losses; the small shared modules use nothing above them.
 ALLOWED = {
-    "cli": {"training", "eval", "mine", "merge", "data", "model", "model_card", "hub", "losses", "pooling", "lora", "fileio", "console", "errors"},
+    "cli": {
+        "training",
+        "eval",
+        "mine",
+        "merge",
+        "data",
+        "model",
+        "model_card",
+        "hub",
+        "losses",
+        "pooling",
+        "lora",
+        "fileio",
+        "console",
+        "errors",
+    },
     "training": {"eval", "data", "model", "model_card", "hub", "losses", "pooling", "lora", "fileio", "console", "errors"},
     "mine": {"eval", "data", "model", "fileio", "console", "errors"},
     "merge": {"model", "model_card", "fileio", "console", "errors"},
@@ -81,7 +96,9 @@ def test_dependencies_run_one_way():
 
 
 def test_only_the_entry_point_imports_the_command_line():
-    outside = sorted(module for module, imported in GRAPH.items() if part(module) not in ("cli", "__main__") and any(part(i) == "cli" for i in imported))
+    outside = sorted(
+        module for module, imported in GRAPH.items() if part(module) not in ("cli", "__main__") and any(part(i) == "cli" for i in imported)
+    )
     assert not outside
 
 
@@ -113,14 +130,21 @@ def third_party_imports(path: Path) -> set[str]:
     ``X:y`` (``from X import y``: transformers' names load lazily, on first use)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     names = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
-    names |= {f"{node.module}:{alias.name}" for node in tree.body if isinstance(node, ast.ImportFrom) and node.module and not node.level for alias in node.names}
+    names |= {
+        f"{node.module}:{alias.name}"
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level
+        for alias in node.names
+    }
     return {name for name in names if name.split(".")[0].split(":")[0] not in ("embedtune", "__future__")}
 
 
 def test_importing_library_modules_leaves_the_environment_alone():
     """What other packages set when imported (torch sets TORCHINDUCTOR_CACHE_DIR) is imported
     first; then importing every library module of ours must change no environment variable."""
-    library_paths = [path for path in PACKAGE.rglob("*.py") if part(module_name(path)) not in ("cli", "__main__") and path.name != "plots.py"]
+    library_paths = [
+        path for path in PACKAGE.rglob("*.py") if part(module_name(path)) not in ("cli", "__main__") and path.name != "plots.py"
+    ]
     others = sorted(set().union(*(third_party_imports(path) for path in library_paths)))
     code = (
         "import importlib, json, os, sys\n"
@@ -129,6 +153,12 @@ def test_importing_library_modules_leaves_the_environment_alone():
         "for name in sys.argv[1:]: importlib.import_module(name)\n"
         "print(json.dumps(sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code, *sorted(module_name(path) for path in library_paths)], capture_output=True, text=True, timeout=300, cwd=PACKAGE.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *sorted(module_name(path) for path in library_paths)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PACKAGE.parent,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1]) == []

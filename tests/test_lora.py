@@ -7,11 +7,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from embedtune.training.config import config_dir
 from embedtune.errors import ConfigError
 from embedtune.losses.infonce import InfoNCE
 from embedtune.model import load_embedder
 from embedtune.training.build import parameter_groups
+from embedtune.training.config import config_dir
 from embedtune.training.run import run
 
 pytest.importorskip("peft")
@@ -39,7 +39,11 @@ def test_lora_trains_only_adapters_and_saves_a_merged_plain_model(tiny_qwen3_dir
         optimizer.step()
         optimizer.zero_grad()
 
-    frozen = {name.replace("base_model.model.", "").replace(".base_layer", ""): p for name, p in model.backbone.named_parameters() if "lora_" not in name}
+    frozen = {
+        name.replace("base_model.model.", "").replace(".base_layer", ""): p
+        for name, p in model.backbone.named_parameters()
+        if "lora_" not in name
+    }
     assert frozen.keys() == base.keys()
     assert all(torch.equal(frozen[name], base[name]) for name in base)  # the backbone's own weights never moved
     assert any(p.abs().sum() > 0 for name, p in model.backbone.named_parameters() if "lora_B" in name)  # adapters did

@@ -164,7 +164,9 @@ def test_margin_mse_matches_numpy():
     b, k = 3, 2
     q, d = _unit(b, 5, 16), _unit(b * (1 + k), 5, 17)
     teacher = np.random.default_rng(18).normal(size=(b, 1 + k))
-    expected = np.mean([((q[i] @ d[i] - q[i] @ d[b + i * k + j]) - (teacher[i, 0] - teacher[i, 1 + j])) ** 2 for i in range(b) for j in range(k)])
+    expected = np.mean(
+        [((q[i] @ d[i] - q[i] @ d[b + i * k + j]) - (teacher[i, 0] - teacher[i, 1 + j])) ** 2 for i in range(b) for j in range(k)]
+    )
     loss = MarginMSE()(_t(q), _t(d), info(b, k, teacher_scores=_t(teacher)))
     assert loss.item() == pytest.approx(expected, rel=1e-9)
 

@@ -65,7 +65,10 @@ def orthonormal(n, dim=64, seed=0):
 
 
 def test_slerp_endpoints_are_the_inputs():
-    v0, v1 = torch.randn(5, 7, generator=torch.Generator().manual_seed(0)), 3 * torch.randn(5, 7, generator=torch.Generator().manual_seed(1))
+    v0, v1 = (
+        torch.randn(5, 7, generator=torch.Generator().manual_seed(0)),
+        3 * torch.randn(5, 7, generator=torch.Generator().manual_seed(1)),
+    )
     assert torch.allclose(slerp(0.0, v0, v1), v0, atol=1e-6)
     assert torch.allclose(slerp(1.0, v0, v1), v1, atol=1e-6)
     assert slerp(0.5, v0, v1).shape == (5, 7)
@@ -188,7 +191,9 @@ def write_tiny_model(folder, tiny_bert_dir, seed, pooling="cls"):
 
     torch.manual_seed(seed)
     backbone = BertModel(BertConfig.from_pretrained(tiny_bert_dir))
-    Embedder(backbone, AutoTokenizer.from_pretrained(tiny_bert_dir), pooling=pooling, max_length=64, prompts={"query": "query: "}).save(folder)
+    Embedder(backbone, AutoTokenizer.from_pretrained(tiny_bert_dir), pooling=pooling, max_length=64, prompts={"query": "query: "}).save(
+        folder
+    )
     return folder
 
 
@@ -226,7 +231,12 @@ def test_merged_model_loads_and_pools_like_its_inputs(models, merged):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     out, _ = merged
     model, first = load_embedder(str(out)), load_embedder(str(models[0]))
-    assert (model.pooling, model.max_length, model.prompts, model.normalize) == (first.pooling, first.max_length, first.prompts, first.normalize)
+    assert (model.pooling, model.max_length, model.prompts, model.normalize) == (
+        first.pooling,
+        first.max_length,
+        first.prompts,
+        first.normalize,
+    )
     assert (model.pooling, model.prompts) == ("cls", {"query": "query: "})
     st = sentence_transformers.SentenceTransformer(str(out), device="cpu")
     ours, theirs = model.encode(TEXTS, "query"), torch.tensor(st.encode(TEXTS, prompt_name="query"))
@@ -323,7 +333,9 @@ def test_integer_buffers_are_copied_from_the_first_and_must_agree(models, tmp_pa
     with_ids = copy_with_tensors(models[0], tmp_path / "ids", lambda t: t.update({"embeddings.position_ids": torch.arange(256)[None]}))
     merge_models([str(with_ids), str(models[1])], str(tmp_path / "out"), "slerp")
     assert torch.equal(weights_of(tmp_path / "out")["embeddings.position_ids"], torch.arange(256)[None])
-    other_ids = copy_with_tensors(models[1], tmp_path / "other-ids", lambda t: t.update({"embeddings.position_ids": torch.arange(256)[None] + 1}))
+    other_ids = copy_with_tensors(
+        models[1], tmp_path / "other-ids", lambda t: t.update({"embeddings.position_ids": torch.arange(256)[None] + 1})
+    )
     with pytest.raises(EmbedtuneError, match="tensor 'embeddings.position_ids' \\(I64\\) differs from"):
         merge_models([str(with_ids), str(other_ids)], str(tmp_path / "out2"), "slerp")
 
@@ -360,7 +372,9 @@ def test_output_cannot_be_an_input(models):
 
 
 def test_cli_merges_and_prints_a_summary(models, merged, tmp_path):
-    result = embedtune("merge", "--slerp", str(models[0]), str(models[1]), "--t", "0.3", "--layer-t", "nothing-matches=0.9", "--out", str(tmp_path / "cli"))
+    result = embedtune(
+        "merge", "--slerp", str(models[0]), str(models[1]), "--t", "0.3", "--layer-t", "nothing-matches=0.9", "--out", str(tmp_path / "cli")
+    )
     assert result.returncode == 0, result.stderr
     single = weights_of(merged[0])
     assert f"{len(single)} of {len(single)}" in result.stdout and "peak RSS" in result.stdout
@@ -391,7 +405,9 @@ def test_cli_error_is_one_line_and_writes_nothing(models, tmp_path):
     bad = copy_with_tensors(models[1], tmp_path / "bad", lambda t: t.update({"pooler.dense.weight": torch.zeros(3, 3)}))
     result = embedtune("merge", "--linear", str(models[0]), str(bad), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"embedtune merge: error: {bad}/model.safetensors: tensor 'pooler.dense.weight' has shape (3, 3), {models[0]} has (32, 32)"]
+    assert result.stderr.strip().splitlines() == [
+        f"embedtune merge: error: {bad}/model.safetensors: tensor 'pooler.dense.weight' has shape (3, 3), {models[0]} has (32, 32)"
+    ]
     assert not (tmp_path / "out").exists()
     result = embedtune("merge", "--slerp", str(models[0]), str(models[1]), "--layer-t", "attention", "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and "--layer-t expects REGEX=T" in result.stderr
@@ -506,7 +522,9 @@ def test_dare_keeps_the_expectation_and_is_seeded_by_key_and_index():
     assert torch.allclose(dropped[kept], delta[kept] / density)
     assert torch.equal(dare(delta, density, key=1), dropped)  # the same key: the same drop
     assert not torch.equal(dare(delta, density, key=2), dropped)
-    assert torch.equal(torch.cat([dare(delta[:7000], density, 1, 0), dare(delta[7000:], density, 1, 7000)]), dropped)  # blocks drop the same entries
+    assert torch.equal(
+        torch.cat([dare(delta[:7000], density, 1, 0), dare(delta[7000:], density, 1, 7000)]), dropped
+    )  # blocks drop the same entries
     mean = sum(dare(delta, density, key=k) for k in range(200)) / 200
     assert (mean - delta).abs().max().item() < 6 * math.sqrt((1 - density) / density / 200)  # E[δ̃] = δ (|δ| ≤ 1, 6σ)
     assert torch.equal(dare(delta, 1.0, key=1), delta)
@@ -524,9 +542,14 @@ def family(models, tmp_path_factory):
     root = tmp_path_factory.mktemp("family")
     parent = weights_of(models[0])
     generator = torch.Generator().manual_seed(10)
-    first, second = ({name: 0.01 * torch.randn(t.shape, generator=generator) for name, t in parent.items() if t.is_floating_point()} for _ in range(2))
+    first, second = (
+        {name: 0.01 * torch.randn(t.shape, generator=generator) for name, t in parent.items() if t.is_floating_point()} for _ in range(2)
+    )
     third = {name: 2 * delta + 1e-4 * torch.randn(delta.shape, generator=generator) for name, delta in first.items()}
-    children = [copy_with_tensors(models[0], root / name, lambda t, d=deltas: t.update({n: t[n] + d[n] for n in d})) for name, deltas in zip(("c1", "c2", "c3"), (first, second, third))]
+    children = [
+        copy_with_tensors(models[0], root / name, lambda t, d=deltas: t.update({n: t[n] + d[n] for n in d}))
+        for name, deltas in zip(("c1", "c2", "c3"), (first, second, third))
+    ]
     return models[0], children
 
 
@@ -581,7 +604,12 @@ def test_the_report_measures_relative_norms_and_cosines_of_task_vectors(family, 
 
 @pytest.mark.parametrize(
     ("method", "options"),
-    [("slerp", {"weights": [1, 2, 3]}), ("ties", {"density": 0.3}), ("model_stock", {}), ("linear", {"sparsify": "dare", "density": 0.4, "seed": 3})],
+    [
+        ("slerp", {"weights": [1, 2, 3]}),
+        ("ties", {"density": 0.3}),
+        ("model_stock", {}),
+        ("linear", {"sparsify": "dare", "density": 0.4, "seed": 3}),
+    ],
 )
 def test_row_blocks_give_the_whole_tensor_result(family, tmp_path, method, options):
     parent, children = family
@@ -682,10 +710,22 @@ def test_cli_bad_task_vector_options_are_one_line(family, tmp_path):
     parent, (c1, c2, _) = family
     (tmp_path / "taken").mkdir()
     cases = [
-        (("--ties", str(c1), str(c2), "--out", str(tmp_path / "out")), "embedtune merge: error: ties merges task vectors: give the model the checkpoints were fine-tuned from as base (--base PARENT)"),
-        (("--slerp", "--base", str(parent), str(c1), str(c2), "--sparsify", "dare", "--out", str(tmp_path / "out")), "embedtune merge: error: sparsify applies to the task vectors of linear and ties merges, not slerp"),
-        (("--slerp", "--base", str(tmp_path / "nowhere"), str(c1), str(c2), "--out", str(tmp_path / "out")), f"embedtune merge: error: {tmp_path / 'nowhere'}: no such model folder or file, nor a packaged model (all-MiniLM-L6-v2, sentence-transformers/all-MiniLM-L6-v2, SmolLM2-135M-Instruct), nor a Hub model in the local cache"),
-        (("--linear", str(c1), str(c2), "--out", str(tmp_path / "taken")), f"embedtune merge: error: --out {tmp_path / 'taken'} exists; pass --overwrite to replace it"),
+        (
+            ("--ties", str(c1), str(c2), "--out", str(tmp_path / "out")),
+            "embedtune merge: error: ties merges task vectors: give the model the checkpoints were fine-tuned from as base (--base PARENT)",
+        ),
+        (
+            ("--slerp", "--base", str(parent), str(c1), str(c2), "--sparsify", "dare", "--out", str(tmp_path / "out")),
+            "embedtune merge: error: sparsify applies to the task vectors of linear and ties merges, not slerp",
+        ),
+        (
+            ("--slerp", "--base", str(tmp_path / "nowhere"), str(c1), str(c2), "--out", str(tmp_path / "out")),
+            f"embedtune merge: error: {tmp_path / 'nowhere'}: no such model folder or file, nor a packaged model (all-MiniLM-L6-v2, sentence-transformers/all-MiniLM-L6-v2, SmolLM2-135M-Instruct), nor a Hub model in the local cache",
+        ),
+        (
+            ("--linear", str(c1), str(c2), "--out", str(tmp_path / "taken")),
+            f"embedtune merge: error: --out {tmp_path / 'taken'} exists; pass --overwrite to replace it",
+        ),
     ]
     for args, line in cases:
         result = embedtune("merge", *args)

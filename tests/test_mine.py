@@ -9,9 +9,9 @@ import torch
 from helpers import embedtune
 
 from embedtune.data.rows import load_pairs
-from embedtune.mine.negatives import COUNTS, MiningConfig, mine_negatives, search
 from embedtune.errors import EmbedtuneError
 from embedtune.eval.retrieval import rank
+from embedtune.mine.negatives import COUNTS, MiningConfig, mine_negatives, search
 from embedtune.mine.pairs import load_corpus
 
 
@@ -200,7 +200,9 @@ def pairs_file(tmp_path):
 
 def test_mine_command_writes_a_training_file(tiny_bert_dir, pairs_file, tmp_path):
     out = tmp_path / "mined.jsonl"
-    result = embedtune("mine", "--model", str(tiny_bert_dir), "--data", str(pairs_file), "--out", str(out), "--num-negatives", "3", "--margin=-inf")
+    result = embedtune(
+        "mine", "--model", str(tiny_bert_dir), "--data", str(pairs_file), "--out", str(out), "--num-negatives", "3", "--margin=-inf"
+    )
     assert result.returncode == 0, result.stderr
     assert "removed: a positive of the query" in result.stdout and "negatives per query" in result.stdout
     pairs = load_pairs(str(pairs_file))
@@ -224,7 +226,9 @@ def test_mine_command_with_a_beir_corpus_and_filters(tiny_bert_dir, pairs_file, 
     corpus.write_text("".join(json.dumps(d) + "\n" for d in documents))
     out = tmp_path / "mined.jsonl"
     args = ["--model", str(tiny_bert_dir), "--data", str(pairs_file), "--corpus", str(corpus), "--out", str(out)]
-    result = embedtune("mine", *args, "--num-negatives", "2", "--range-min", "1", "--sampling", "random", "--relative-margin", "0.05", "--drop-short")
+    result = embedtune(
+        "mine", *args, "--num-negatives", "2", "--range-min", "1", "--sampling", "random", "--relative-margin", "0.05", "--drop-short"
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert 0 < len(rows) <= 13

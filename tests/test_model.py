@@ -106,7 +106,11 @@ def test_left_padded_batches_run_as_one_pass(tiny_bert_dir, monkeypatch):
     """Left padding is never cut: that would move the real tokens' positions."""
     model = load_embedder(str(tiny_bert_dir), padding_side="left").eval()
     calls = []
-    monkeypatch.setattr(model, "_embed", lambda features: calls.append(features["input_ids"].shape) or torch.zeros(features["input_ids"].shape[0], model.dim))
+    monkeypatch.setattr(
+        model,
+        "_embed",
+        lambda features: calls.append(features["input_ids"].shape) or torch.zeros(features["input_ids"].shape[0], model.dim),
+    )
     features = model.tokenize(MIXED)
     model(features)
     assert calls == [features["input_ids"].shape]

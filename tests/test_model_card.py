@@ -19,7 +19,12 @@ def trained_run(tiny_bert_dir, tmp_path_factory):
     """A 4-step run on toy pairs that saves a model every step and evaluates every 2 steps."""
     folder = tmp_path_factory.mktemp("card")
     pairs = folder / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"query": f"what is item {i}", "positive": f"item {i} is thing {i}", "negatives": [f"other text {i}"]}) + "\n" for i in range(40)))
+    pairs.write_text(
+        "".join(
+            json.dumps({"query": f"what is item {i}", "positive": f"item {i} is thing {i}", "negatives": [f"other text {i}"]}) + "\n"
+            for i in range(40)
+        )
+    )
     out = folder / "run"
     result = embedtune(
         "train", "data=files", f"data.train={pairs}", f"data.eval={pairs}", f"backbone.path={tiny_bert_dir}", "backbone.max_length=32",
@@ -85,7 +90,15 @@ def test_merge_card_names_inputs_weights_and_their_base_models(tmp_path):
     first.mkdir()
     (first / "README.md").write_text("---\nbase_model: sentence-transformers/all-MiniLM-L6-v2\n---\n\n# a\n")
     bases = card_base_models(first) + card_base_models(tmp_path / "no-card")
-    text = merge_card("runs/merged", SavedModel(384, 128, "mean"), ["runs/a/final", "runs/b/final"], "slerp", [0.3, 0.7], layer_t=[("attention", 0.2)], base_model_ids=bases)
+    text = merge_card(
+        "runs/merged",
+        SavedModel(384, 128, "mean"),
+        ["runs/a/final", "runs/b/final"],
+        "slerp",
+        [0.3, 0.7],
+        layer_t=[("attention", 0.2)],
+        base_model_ids=bases,
+    )
     meta = front_matter(text)
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["base_model_relation"] == "merge"
     assert {"merge", "slerp"} <= set(meta["tags"]) and "model-index" not in meta

@@ -23,7 +23,9 @@ CASES = ("exists", "same as input", "wrong kind", "under a file")
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` with a hash of its bytes, and every folder."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder" for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder" for p in sorted(root.rglob("*"))
+    }
 
 
 @pytest.fixture
@@ -48,13 +50,26 @@ def outputs(world: Path, case: str) -> dict[str, tuple[list[str], str] | None]:
     """Per command: the arguments that point its output at ``case``, and the option the error
     must name (None where the case cannot arise for that command: see `COMBINATIONS`)."""
     pairs, notes, run = str(world / "pairs.jsonl"), str(world / "notes.txt"), world / "run"
-    existing_file = {"exists": notes, "same as input": pairs, "wrong kind": str(world / "beir"), "under a file": f"{notes}/sub/out.json"}[case]
+    existing_file = {"exists": notes, "same as input": pairs, "wrong kind": str(world / "beir"), "under a file": f"{notes}/sub/out.json"}[
+        case
+    ]
     existing_folder = {"exists": str(run), "same as input": None, "wrong kind": notes, "under a file": f"{notes}/sub"}[case]
     model = ["--model", "all-MiniLM-L6-v2"]
     table = {
         "eval": ([*model, "--data", pairs, "--out", existing_file], "--out"),
-        "mine": ([*model, "--data", pairs, "--out", {"exists": str(world / "mined.jsonl"), "wrong kind": str(world / "beir.jsonl")}.get(case, existing_file)], "--out"),
-        "diagnose": ([*model, "--data", pairs, "--out-dir", existing_folder], "--out-dir") if existing_folder and case != "exists" else None,
+        "mine": (
+            [
+                *model,
+                "--data",
+                pairs,
+                "--out",
+                {"exists": str(world / "mined.jsonl"), "wrong kind": str(world / "beir.jsonl")}.get(case, existing_file),
+            ],
+            "--out",
+        ),
+        "diagnose": ([*model, "--data", pairs, "--out-dir", existing_folder], "--out-dir")
+        if existing_folder and case != "exists"
+        else None,
         "report": ([str(run), "--out-dir", existing_folder], "--out-dir") if existing_folder and case != "exists" else None,
         "data": (["--out", existing_folder], "--out") if existing_folder and case != "exists" else None,
         "train": (["data=files", f"data.train={pairs}", f"output_dir={existing_folder or pairs}"], "output_dir"),
@@ -88,7 +103,12 @@ def test_a_bad_output_path_stops_the_command_before_anything_is_written(world, c
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and error.startswith(f"embedtune {command}: error: {option}"), error
-    expected = {"exists": ("exists", "holds"), "same as input": ("is also an input", "is a file"), "wrong kind": ("expected a", "is a file"), "under a file": ("is a file, not a folder",)}[case]
+    expected = {
+        "exists": ("exists", "holds"),
+        "same as input": ("is also an input", "is a file"),
+        "wrong kind": ("expected a", "is a file"),
+        "under a file": ("is a file, not a folder",),
+    }[case]
     assert any(words in error for words in expected), error
     assert snapshot(world) == before  # nothing written, nothing replaced
 

@@ -10,18 +10,18 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from embedtune.training.config import config_dir
 from embedtune.data import nli, simcse, sts, weak
 from embedtune.data.collate import PairCollator
+from embedtune.data.held_out import load_held_out
 from embedtune.data.sampler import ShuffledBatchSampler
 from embedtune.data.types import Pair, RetrievalSet, ScoredPairSet
 from embedtune.errors import ConfigError, DataError
-from embedtune.data.held_out import load_held_out
 from embedtune.eval.held_out import evaluate_held_out
-from embedtune.training.gradcache import gradcache_step
 from embedtune.losses.infonce import InfoNCE
 from embedtune.losses.qwen3 import Qwen3Loss
 from embedtune.model import load_embedder
+from embedtune.training.config import config_dir
+from embedtune.training.gradcache import gradcache_step
 from embedtune.training.run import run
 
 STSB_ROWS = [  # the STS Benchmark layout: 7 tab-separated fields, some rows with 2 more; quotes are text
@@ -44,7 +44,9 @@ def compose_train(*overrides):
 # --- every preset picks its loss, negatives and lengths; the command line still wins -------
 
 
-@pytest.mark.parametrize(("preset", "loss", "negatives"), [("simcse", "InfoNCE", 0), ("nli", "InfoNCE", 1), ("sts", "CoSENT", 0), ("weak", "InfoNCE", 0)])
+@pytest.mark.parametrize(
+    ("preset", "loss", "negatives"), [("simcse", "InfoNCE", 0), ("nli", "InfoNCE", 1), ("sts", "CoSENT", 0), ("weak", "InfoNCE", 0)]
+)
 def test_preset_picks_loss_and_negatives(preset, loss, negatives):
     cfg = compose_train(f"data={preset}", "data.train=x")
     assert cfg.loss._target_.endswith(loss)
@@ -55,7 +57,9 @@ def test_preset_picks_loss_and_negatives(preset, loss, negatives):
 
 
 def test_command_line_beats_the_preset():
-    cfg = compose_train("data=sts", "data.train=x", "loss=cosine", "data.score_max=1", "negatives.per_query=2", "stage=pretrain", "backbone.max_length=32")
+    cfg = compose_train(
+        "data=sts", "data.train=x", "loss=cosine", "data.score_max=1", "negatives.per_query=2", "stage=pretrain", "backbone.max_length=32"
+    )
     assert cfg.loss._target_.endswith("CosineRegression")
     assert (cfg.loss.score_min, cfg.loss.score_max) == (0.0, 1)  # the loss's range follows the data's
     assert (cfg.negatives.per_query, cfg.batch.size, cfg.train.query_max_length) == (2, 64, 32)
@@ -70,7 +74,16 @@ def test_simcse_reads_lines_rows_and_sts_and_merges_repeats(tmp_path, capsys):
     rows = write(tmp_path / "t.jsonl", [{"text": "third text", "title": "ignored"}])
     sts = write(tmp_path / "sts.csv", STSB_ROWS)
     data = simcse.load([str(lines), str(rows), str(sts)])
-    texts = ["first text", "second text", "third text", "A plane is taking off.", "An air plane is taking off.", 'He said "no.', 'The "cat" sat.', "A man plays a flute."]
+    texts = [
+        "first text",
+        "second text",
+        "third text",
+        "A plane is taking off.",
+        "An air plane is taking off.",
+        'He said "no.',
+        'The "cat" sat.',
+        "A man plays a flute.",
+    ]
     assert data.train == [Pair(text, text) for text in texts]
     line = capsys.readouterr().err.strip()
     assert line.startswith("data=simcse: 10 texts from ") and line.endswith("-> 8 (text, text) pairs; 2 repeated texts merged")
@@ -96,7 +109,14 @@ def tiny_simcse_batch(model, texts):
     return PairCollator(model.tokenizer, query_max_length=16, document_max_length=16)(pairs)
 
 
-TEXTS = ["a cat sits on the mat", "stocks fell sharply today", "the recipe needs two eggs", "rain is expected tomorrow", "he plays the violin", "a new bridge opened"]
+TEXTS = [
+    "a cat sits on the mat",
+    "stocks fell sharply today",
+    "the recipe needs two eggs",
+    "rain is expected tomorrow",
+    "he plays the violin",
+    "a new bridge opened",
+]
 
 
 def test_simcse_views_differ_by_dropout_and_match_without(tiny_bert_dir):
@@ -133,7 +153,9 @@ def test_simcse_gradcache_replays_each_view(tiny_bert_dir):
 
     torch.manual_seed(0)
     model.zero_grad()
-    loss, cached_queries, cached_documents = gradcache_step(model, batch, loss_fn, model.loss_params, len(texts), lambda loss: loss.backward(), contextlib.nullcontext)
+    loss, cached_queries, cached_documents = gradcache_step(
+        model, batch, loss_fn, model.loss_params, len(texts), lambda loss: loss.backward(), contextlib.nullcontext
+    )
     assert loss.item() == pytest.approx(plain_loss.item(), rel=1e-5)
     assert torch.allclose(cached_queries, queries.detach(), atol=1e-6) and torch.allclose(cached_documents, documents.detach(), atol=1e-6)
     assert not torch.allclose(cached_queries, cached_documents, atol=1e-4)  # two views, not one mask twice
@@ -186,9 +208,36 @@ def test_nli_triplets_default_drop_neutral_and_unpaired(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("neutral", "keep_unpaired", "expected"),
     [
-        ("negative", False, {("A man plays guitar.", "A man makes music."): ("A man is asleep.", "A man plays for money."), ("A man plays guitar.", "Someone plays an instrument."): ("A man is asleep.", "A man plays for money."), ("Kids swim.", "Children are in water."): ("Kids are in a pool.",), ("A dog runs.", "An animal moves."): ("The dog sleeps.",)}),
-        ("positive", False, {("A man plays guitar.", "A man makes music."): ("A man is asleep.",), ("A man plays guitar.", "Someone plays an instrument."): ("A man is asleep.",), ("A man plays guitar.", "A man plays for money."): ("A man is asleep.",), ("A dog runs.", "An animal moves."): ("The dog sleeps.",)}),
-        ("drop", True, {("A man plays guitar.", "A man makes music."): ("A man is asleep.",), ("A man plays guitar.", "Someone plays an instrument."): ("A man is asleep.",), ("Kids swim.", "Children are in water."): (), ("A dog runs.", "An animal moves."): ("The dog sleeps.",)}),
+        (
+            "negative",
+            False,
+            {
+                ("A man plays guitar.", "A man makes music."): ("A man is asleep.", "A man plays for money."),
+                ("A man plays guitar.", "Someone plays an instrument."): ("A man is asleep.", "A man plays for money."),
+                ("Kids swim.", "Children are in water."): ("Kids are in a pool.",),
+                ("A dog runs.", "An animal moves."): ("The dog sleeps.",),
+            },
+        ),
+        (
+            "positive",
+            False,
+            {
+                ("A man plays guitar.", "A man makes music."): ("A man is asleep.",),
+                ("A man plays guitar.", "Someone plays an instrument."): ("A man is asleep.",),
+                ("A man plays guitar.", "A man plays for money."): ("A man is asleep.",),
+                ("A dog runs.", "An animal moves."): ("The dog sleeps.",),
+            },
+        ),
+        (
+            "drop",
+            True,
+            {
+                ("A man plays guitar.", "A man makes music."): ("A man is asleep.",),
+                ("A man plays guitar.", "Someone plays an instrument."): ("A man is asleep.",),
+                ("Kids swim.", "Children are in water."): (),
+                ("A dog runs.", "An animal moves."): ("The dog sleeps.",),
+            },
+        ),
     ],
 )
 def test_nli_neutral_and_unpaired_as_configured(tmp_path, neutral, keep_unpaired, expected):
@@ -222,7 +271,11 @@ def test_nli_on_the_snli_subset(shared_data):
     every positive entails, every negative contradicts. Read together, one more premise has its
     entailment in one file and its contradiction in the other."""
     files = sorted(str(p) for p in (shared_data / "snli-subset").glob("*.jsonl"))
-    raw = {(row["sentence1"], row["sentence2"], row["gold_label"]) for path in files for row in map(json.loads, Path(path).read_text(encoding="utf-8").splitlines())}
+    raw = {
+        (row["sentence1"], row["sentence2"], row["gold_label"])
+        for path in files
+        for row in map(json.loads, Path(path).read_text(encoding="utf-8").splitlines())
+    }
     assert [len({pair.query for pair in nli.load(path).train}) for path in files] == [378, 365]
     data = nli.load(files)
     assert len({pair.query for pair in data.train}) == 744
@@ -249,7 +302,10 @@ def test_scored_pairs_check_the_score_range(tmp_path):
     path = write(tmp_path / "sts.csv", STSB_ROWS)
     with pytest.raises(DataError, match=rf"^{path}:1: score 5 is outside data.score_min..data.score_max = 0..1$"):
         sts.load(str(path), score_max=1.0)
-    rows = write(tmp_path / "sts.jsonl", [{"sentence1": "a b", "sentence2": "c d", "score": 0.5}, {"sentence1": "e", "sentence2": "f", "score": "high"}])
+    rows = write(
+        tmp_path / "sts.jsonl",
+        [{"sentence1": "a b", "sentence2": "c d", "score": 0.5}, {"sentence1": "e", "sentence2": "f", "score": "high"}],
+    )
     with pytest.raises(DataError, match=rf"^{rows}:2: column 'score' must be a number"):
         sts.load(str(rows), score_max=1.0)
     with pytest.raises(ConfigError, match="score_max must be > data.score_min"):
@@ -319,7 +375,11 @@ def test_weak_pairs_from_rows_count_short_queries(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("row", "reason"),
-    [({"title": "T", "text": ""}, "column 'text' is empty"), ({"title": 3, "text": "x y z."}, "column 'title' must be a string, got int"), ({"title": "T"}, "missing column 'text'")],
+    [
+        ({"title": "T", "text": ""}, "column 'text' is empty"),
+        ({"title": 3, "text": "x y z."}, "column 'title' must be a string, got int"),
+        ({"title": "T"}, "missing column 'text'"),
+    ],
 )
 def test_weak_bad_row_names_file_and_line(tmp_path, row, reason):
     path = write(tmp_path / "c.jsonl", [{"title": "A fine title", "text": "Body. More."}, row])
@@ -350,9 +410,20 @@ def test_held_out_is_sts_or_retrieval(tmp_path, tiny_bert_dir):
 
 def test_simcse_run_reports_sts_before_and_after(tiny_bert_dir, tmp_path, capsys):
     """The whole path: preset -> (text, text) pairs -> the loop -> STS held-out table."""
-    texts = write(tmp_path / "texts.txt", [f"sentence number {i} about {w}" for i, w in enumerate(["cats", "dogs", "rain", "snow", "music", "bread", "stars", "trains"])])
+    texts = write(
+        tmp_path / "texts.txt",
+        [f"sentence number {i} about {w}" for i, w in enumerate(["cats", "dogs", "rain", "snow", "music", "bread", "stars", "trains"])],
+    )
     sts = write(tmp_path / "sts-dev.csv", STSB_ROWS)
-    cfg = compose_train("data=simcse", f"data.train={texts}", f"data.eval={sts}", f"backbone.path={tiny_bert_dir}", "backbone.max_length=16", "batch.size=4", "train.max_steps=2")
+    cfg = compose_train(
+        "data=simcse",
+        f"data.train={texts}",
+        f"data.eval={sts}",
+        f"backbone.path={tiny_bert_dir}",
+        "backbone.max_length=16",
+        "batch.size=4",
+        "train.max_steps=2",
+    )
     result = run(cfg, tmp_path / "run")
     assert set(result["before"]) == set(result["after"]) == {"spearman", "pearson"}
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["data"] == "sts-dev.csv"
@@ -366,7 +437,16 @@ def test_short_sts_run_raises_held_out_spearman(minilm_2layer_dir, shared_data, 
     stsb = shared_data / "stsb"
     train = write(tmp_path / "train.csv", (stsb / "sts-train.csv").read_text(encoding="utf-8").splitlines()[:640])
     dev = write(tmp_path / "dev.csv", (stsb / "sts-dev.csv").read_text(encoding="utf-8").splitlines()[::5])
-    cfg = compose_train("data=sts", f"data.train={train}", f"data.eval={dev}", f"backbone.path={minilm_2layer_dir}", "backbone.max_length=48", "batch.size=16", "train.lr=1e-4", "eval.batch_size=128")
+    cfg = compose_train(
+        "data=sts",
+        f"data.train={train}",
+        f"data.eval={dev}",
+        f"backbone.path={minilm_2layer_dir}",
+        "backbone.max_length=48",
+        "batch.size=16",
+        "train.lr=1e-4",
+        "eval.batch_size=128",
+    )
     result = run(cfg, tmp_path / "run")
     before, after = result["before"]["spearman"], result["after"]["spearman"]
     assert after > before + 0.03, (before, after)

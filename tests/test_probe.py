@@ -156,7 +156,7 @@ def test_labelled_rows_from_jsonl_csv_tsv_and_parquet(tmp_path):
     import pyarrow.parquet as pq
 
     (tmp_path / "a.jsonl").write_text('{"text": "one", "label": "x"}\n{"text": "two", "label": 2}\n')
-    (tmp_path / "a.csv").write_text("sentence,topic\none,x\n\"two, too\",2\n")
+    (tmp_path / "a.csv").write_text('sentence,topic\none,x\n"two, too",2\n')
     (tmp_path / "a.tsv").write_text("sentence\ttopic\none\tx\ntwo\t2\n")
     pq.write_table(pa.table({"text": ["one", "two"], "label": [1.0, 2.0]}), tmp_path / "a.parquet")
     assert load_labelled(str(tmp_path / "a.jsonl")) == (["one", "two"], ["x", "2"])
@@ -218,25 +218,53 @@ def labelled(tmp_path_factory):
     topics = {"animal": "the cat and the dog", "money": "stock market prices", "code": "python function returns"}
     rows = [{"text": f"{words} {i}", "label": label} for label, words in topics.items() for i in range(10)]
     (root / "labelled.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (root / "test.jsonl").write_text("".join(json.dumps({"text": f"{words} again", "label": label}) + "\n" for label, words in topics.items()))
-    (root / "pairs.jsonl").write_text("".join(json.dumps({"query": f"what is {i}", "positive": f"{i} is a number"}) + "\n" for i in range(6)))
+    (root / "test.jsonl").write_text(
+        "".join(json.dumps({"text": f"{words} again", "label": label}) + "\n" for label, words in topics.items())
+    )
+    (root / "pairs.jsonl").write_text(
+        "".join(json.dumps({"query": f"what is {i}", "positive": f"{i} is a number"}) + "\n" for i in range(6))
+    )
     return root
 
 
 def test_eval_probe_without_data_writes_json_and_csv(tiny_bert_dir, labelled, tmp_path, capsys):
     out, table = tmp_path / "probe.json", tmp_path / "probe.csv"
-    main(["eval", "--model", str(tiny_bert_dir), str(tiny_bert_dir), "--probe", str(labelled / "labelled.jsonl"), "--out", str(out), "--csv", str(table)])
+    main(
+        [
+            "eval",
+            "--model",
+            str(tiny_bert_dir),
+            str(tiny_bert_dir),
+            "--probe",
+            str(labelled / "labelled.jsonl"),
+            "--out",
+            str(out),
+            "--csv",
+            str(table),
+        ]
+    )
     printed = " ".join(capsys.readouterr().out.split())  # the table's title wraps at the terminal width
     assert "linear probe: labelled.jsonl (3 classes, 24 train / 6 test texts)" in printed and "noise σ=0.2" in printed
     result = json.loads(out.read_text())
-    assert result["probe"] == {"train": str(labelled / "labelled.jsonl"), "test": None, "test_fraction": 0.2, "noise": [0.05, 0.1, 0.2], "draws": 10, "l2": 1.0, "seed": 0}
+    assert result["probe"] == {
+        "train": str(labelled / "labelled.jsonl"),
+        "test": None,
+        "test_fraction": 0.2,
+        "noise": [0.05, 0.1, 0.2],
+        "draws": 10,
+        "l2": 1.0,
+        "seed": 0,
+    }
     rows = result["rows"]
     assert [(row["task"], row["dim"]) for row in rows] == [("probe", 32), ("probe", 32)]
     assert rows[0] == rows[1]  # the same model twice: the same split, fit and noise
     for key in ("accuracy", "accuracy_sigma_0.05", "accuracy_sigma_0.1", "accuracy_sigma_0.2"):
         assert 0 <= rows[0][key] <= 1
     assert rows[0]["chance"] == pytest.approx(1 / 3) and rows[0]["majority"] == pytest.approx(1 / 3)
-    assert table.read_text().splitlines()[0] == "data,name,task,model,dim,accuracy,accuracy_sigma_0.05,accuracy_sigma_0.1,accuracy_sigma_0.2,majority,chance"
+    assert (
+        table.read_text().splitlines()[0]
+        == "data,name,task,model,dim,accuracy,accuracy_sigma_0.05,accuracy_sigma_0.1,accuracy_sigma_0.2,majority,chance"
+    )
 
 
 def test_eval_probe_beside_data_with_a_separate_test_file(tiny_bert_dir, labelled, tmp_path, capsys):
@@ -281,4 +309,6 @@ def test_eval_help_states_the_probe_defaults_the_code_uses(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert f"(default: {' '.join(map(str, DEFAULT_NOISE))};" in text and f"noise draws averaged per sigma (default: {DEFAULT_DRAWS})" in text
+    assert (
+        f"(default: {' '.join(map(str, DEFAULT_NOISE))};" in text and f"noise draws averaged per sigma (default: {DEFAULT_DRAWS})" in text
+    )

@@ -25,7 +25,13 @@ with open(os.environ["RECORD"], "a") as handle:
     handle.write(json.dumps(args) + "\\n")
 """
 # What each recipe reads from the environment, and folders its later steps list.
-ENVIRONMENT = {"MODEL": "/models/base", "WEAK_PAIRS": "/data/weak/*.jsonl", "SFT_PAIRS": "/data/sft.jsonl", "EVAL": "/data/beir", "GPUS": "8"}
+ENVIRONMENT = {
+    "MODEL": "/models/base",
+    "WEAK_PAIRS": "/data/weak/*.jsonl",
+    "SFT_PAIRS": "/data/sft.jsonl",
+    "EVAL": "/data/beir",
+    "GPUS": "8",
+}
 
 
 def recorded_calls(recipe: Path, tmp_path: Path) -> list[list[str]]:

@@ -12,11 +12,11 @@ from helpers import start_embedtune
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from embedtune.training.config import config_dir
 from embedtune.errors import EmbedtuneError
 from embedtune.fileio import atomic_folder
 from embedtune.losses.infonce import InfoNCE
 from embedtune.model import load_embedder
+from embedtune.training.config import config_dir
 from embedtune.training.run import run
 from embedtune.training.step import gradient_norms, nonfinite_gradients
 
@@ -24,16 +24,28 @@ from embedtune.training.step import gradient_norms, nonfinite_gradients
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     path = tmp_path_factory.mktemp("rel") / "pairs.jsonl"
-    rows = [{"query": f"question {i} about {i % 7}", "positive": f"answer {i} text {i * 3}", "negatives": [f"wrong {i}"]} for i in range(48)]
+    rows = [
+        {"query": f"question {i} about {i % 7}", "positive": f"answer {i} text {i * 3}", "negatives": [f"wrong {i}"]} for i in range(48)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 
 def train_args(model_dir, pairs, out, *extra):
     return [
-        "train", "data=files", f"data.train={pairs}", f"backbone.path={model_dir}", "backbone.max_length=16",
-        "batch.size=8", "train.epochs=8", "train.log_every=1", "save.state_every_n_steps=4", "save.keep_last_states=null",
-        "eval.before=false", f"output_dir={out}", *extra,
+        "train",
+        "data=files",
+        f"data.train={pairs}",
+        f"backbone.path={model_dir}",
+        "backbone.max_length=16",
+        "batch.size=8",
+        "train.epochs=8",
+        "train.log_every=1",
+        "save.state_every_n_steps=4",
+        "save.keep_last_states=null",
+        "eval.before=false",
+        f"output_dir={out}",
+        *extra,
     ]  # fmt: skip  -- 48 pairs / 8 = 6 steps per epoch, 48 steps over 8 epochs: resume crosses epochs
 
 
@@ -118,7 +130,18 @@ class NaNAtStep:
 
 def compose_nan(model_dir, pairs, *extra):
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=[*train_args(model_dir, pairs, "unused")[1:-1], "train.epochs=1", "loss._target_=test_reliability.NaNAtStep", "~loss.temperature", "~loss.symmetric", "+loss.bad_call=5", *extra])
+        return compose(
+            "train",
+            overrides=[
+                *train_args(model_dir, pairs, "unused")[1:-1],
+                "train.epochs=1",
+                "loss._target_=test_reliability.NaNAtStep",
+                "~loss.temperature",
+                "~loss.symmetric",
+                "+loss.bad_call=5",
+                *extra,
+            ],
+        )
 
 
 def test_nan_loss_stops_before_touching_weights_and_keeps_the_last_good_state(tiny_bert_dir, pairs, tmp_path):
@@ -145,17 +168,33 @@ def test_skipping_non_finite_steps_stops_after_a_bound_naming_the_gradient(tiny_
     message = str(raised.value)
     assert "\n" not in message
     assert "step 5: non-finite loss" in message and "3 steps in a row were non-finite (train.max_nonfinite_in_a_row=3)" in message
-    assert re.search(r"non-finite gradient in (\d+) of \1 parameter tensors, nearest the output: backbone\.encoder\.layer\.1\.", message), message
+    assert re.search(r"non-finite gradient in (\d+) of \1 parameter tensors, nearest the output: backbone\.encoder\.layer\.1\.", message), (
+        message
+    )
     assert not (tmp_path / "final").exists()
 
 
 def test_a_finite_step_resets_the_count_of_non_finite_steps_in_a_row(tiny_bert_dir, pairs, tmp_path):
     """NaN at calls 3 and 5 (a finite step between them): a bound of 2 in a row is never reached;
     a bound of 1 stops at the first."""
-    run(compose_nan(tiny_bert_dir, pairs, "train.on_nonfinite=skip", "loss.bad_call=3", "+loss.repeat_every=2", "train.max_steps=4", "train.max_nonfinite_in_a_row=2"), tmp_path / "two")
+    run(
+        compose_nan(
+            tiny_bert_dir,
+            pairs,
+            "train.on_nonfinite=skip",
+            "loss.bad_call=3",
+            "+loss.repeat_every=2",
+            "train.max_steps=4",
+            "train.max_nonfinite_in_a_row=2",
+        ),
+        tmp_path / "two",
+    )
     assert [step for step, _ in losses(tmp_path / "two")] == [1, 2, 3, 4]
     with pytest.raises(EmbedtuneError, match=r"step 3: .*1 steps in a row were non-finite"):
-        run(compose_nan(tiny_bert_dir, pairs, "train.on_nonfinite=skip", "loss.bad_call=3", "train.max_nonfinite_in_a_row=1"), tmp_path / "one")
+        run(
+            compose_nan(tiny_bert_dir, pairs, "train.on_nonfinite=skip", "loss.bad_call=3", "train.max_nonfinite_in_a_row=1"),
+            tmp_path / "one",
+        )
 
 
 def test_non_finite_gradients_are_named_nearest_the_output_first():

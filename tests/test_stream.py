@@ -8,15 +8,17 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
-from embedtune.training.config import config_dir
-from embedtune.data.rows import Columns
 from embedtune.data.pair_stream import MixedPairStream, Source, load
+from embedtune.data.rows import Columns
 from embedtune.errors import ConfigError, DataError
+from embedtune.training.config import config_dir
 from embedtune.training.run import run
 
 
 def write_jsonl(path, prefix, count, start=0):
-    path.write_text("".join(json.dumps({"query": f"{prefix} q{i}", "positive": f"{prefix} p{i}"}) + "\n" for i in range(start, start + count)))
+    path.write_text(
+        "".join(json.dumps({"query": f"{prefix} q{i}", "positive": f"{prefix} p{i}"}) + "\n" for i in range(start, start + count))
+    )
     return path
 
 
@@ -84,7 +86,15 @@ def test_load_rejects_missing_paths_and_bad_weights(tmp_path):
 
 def test_streamed_training_run(tiny_bert_dir, two_sources, tmp_path):
     sources = f"[{{path: '{two_sources[0].path}', weight: 3}}, {{path: '{two_sources[1].path}', weight: 1}}]"
-    overrides = ["stage=pretrain", "data=stream", f"data.sources={sources}", f"backbone.path={tiny_bert_dir}", "backbone.max_length=16", "batch.size=4", "train.log_every=1"]
+    overrides = [
+        "stage=pretrain",
+        "data=stream",
+        f"data.sources={sources}",
+        f"backbone.path={tiny_bert_dir}",
+        "backbone.max_length=16",
+        "batch.size=4",
+        "train.log_every=1",
+    ]
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         with pytest.raises(ConfigError, match="set train.max_steps"):
             run(compose("train", overrides=overrides), tmp_path / "no-steps")

@@ -18,12 +18,27 @@ from embedtune.training.config import config_dir
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     path = tmp_path_factory.mktemp("sweep-data") / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"query": f"what is item {i}", "positive": f"item {i} is a thing number {i}", "negatives": [f"unrelated text {i}"]}) + "\n" for i in range(40)))
+    path.write_text(
+        "".join(
+            json.dumps({"query": f"what is item {i}", "positive": f"item {i} is a thing number {i}", "negatives": [f"unrelated text {i}"]})
+            + "\n"
+            for i in range(40)
+        )
+    )
     return path
 
 
 def tiny(model_dir, pairs, out) -> list[str]:
-    return ["data=files", f"data.train={pairs}", f"data.eval={pairs}", f"backbone.path={model_dir}", "backbone.max_length=32", "batch.size=8", "train.max_steps=2", f"output_dir={out}"]
+    return [
+        "data=files",
+        f"data.train={pairs}",
+        f"data.eval={pairs}",
+        f"backbone.path={model_dir}",
+        "backbone.max_length=32",
+        "batch.size=8",
+        "train.max_steps=2",
+        f"output_dir={out}",
+    ]
 
 
 def headline(run_folder) -> float:
@@ -33,11 +48,21 @@ def headline(run_folder) -> float:
 def test_optuna_search_maximises_the_held_out_metric_and_report_ranks_it(tiny_bert_dir, pairs, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     out = tmp_path / "search"
-    result = embedtune("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "train.lr=tag(log,interval(1e-5,1e-2))", "loss.temperature=interval(0.02,0.2)", *tiny(tiny_bert_dir, pairs, out))
+    result = embedtune(
+        "train",
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.n_trials=3",
+        "train.lr=tag(log,interval(1e-5,1e-2))",
+        "loss.temperature=interval(0.02,0.2)",
+        *tiny(tiny_bert_dir, pairs, out),
+    )
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "search-sweep"
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [p.name.split("_")[0] for p in runs] == ["0", "1", "2"] and all("loss.temperature=" in p.name and "train.lr=" in p.name for p in runs)
+    assert [p.name.split("_")[0] for p in runs] == ["0", "1", "2"] and all(
+        "loss.temperature=" in p.name and "train.lr=" in p.name for p in runs
+    )
     scores = {p.name: headline(p) for p in runs}
     found = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert found["best_value"] == max(scores.values())  # maximised, and the value each run returned is its nDCG@10
@@ -54,7 +79,10 @@ def test_optuna_search_maximises_the_held_out_metric_and_report_ranks_it(tiny_be
     ("args", "message"),
     [
         (["-m", "hydra/sweeper=optuna", "loss.temperature=interval(0,0.2)"], "loss: temperature must be > 0, got 0"),  # an end is checked
-        (["loss.temperature=interval(0.01,0.2)"], "loss.temperature=interval(0.01,0.2) is a range to search: run it with -m hydra/sweeper=optuna"),
+        (
+            ["loss.temperature=interval(0.01,0.2)"],
+            "loss.temperature=interval(0.01,0.2) is a range to search: run it with -m hydra/sweeper=optuna",
+        ),
         (["-m", "loss.temperature=interval(0.01,0.2)"], "is a range to search"),  # the grid sweeper cannot search
     ],
 )
@@ -69,7 +97,13 @@ def test_bad_searches_are_one_line_before_anything_runs(tiny_bert_dir, pairs, tm
 def test_submitit_local_runs_each_point_as_a_two_process_job(tiny_bert_dir, pairs, tmp_path, monkeypatch):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # two processes per job on a machine without GPUs
-    args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "loss.temperature=0.02,0.1", *tiny(tiny_bert_dir, pairs, tmp_path / "sub")]
+    args = [
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        "loss.temperature=0.02,0.1",
+        *tiny(tiny_bert_dir, pairs, tmp_path / "sub"),
+    ]
     result = embedtune("train", *args)
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "sub-sweep"

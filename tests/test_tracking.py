@@ -5,10 +5,10 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from embedtune.training.config import config_dir, validate
 from embedtune.errors import ConfigError
-from embedtune.training.tracking import hyperparameters, scalars
+from embedtune.training.config import config_dir, validate
 from embedtune.training.run import run
+from embedtune.training.tracking import hyperparameters, scalars
 
 
 @pytest.fixture(scope="module")

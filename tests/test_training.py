@@ -112,7 +112,10 @@ def test_too_few_negatives_is_a_clear_error(tiny_bert_dir, rich_pairs, tmp_path)
 
 
 def test_gradcache_run_through_the_loop(tiny_bert_dir, rich_pairs, tmp_path):
-    run(compose_tiny(tiny_bert_dir, rich_pairs, "batch.gradcache=true", "batch.mini_batch_size=3", "mrl.dims=[32,8]", "loss=qwen3"), tmp_path)
+    run(
+        compose_tiny(tiny_bert_dir, rich_pairs, "batch.gradcache=true", "batch.mini_batch_size=3", "mrl.dims=[32,8]", "loss=qwen3"),
+        tmp_path,
+    )
     records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records][-1] == 2 and all(math.isfinite(r["loss"]) for r in records)
 
@@ -125,12 +128,18 @@ def test_model_every_n_steps_writes_loadable_models_for_merging(tiny_bert_dir, r
 
 
 def test_renamed_save_keys_still_work_with_a_one_line_notice(tiny_bert_dir, rich_pairs, tmp_path, capsys):
-    cfg = compose_tiny(tiny_bert_dir, rich_pairs, "train.max_steps=3", "train.save_every=1", "checkpoint.every_n_steps=2", "checkpoint.keep_last=1")
+    cfg = compose_tiny(
+        tiny_bert_dir, rich_pairs, "train.max_steps=3", "train.save_every=1", "checkpoint.every_n_steps=2", "checkpoint.keep_last=1"
+    )
     run(cfg, tmp_path)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["step-00001", "step-00002"]
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["step-00002"]
     err = " ".join(capsys.readouterr().err.split())
-    for old, new in (("train.save_every", "save.model_every_n_steps=1"), ("checkpoint.every_n_steps", "save.state_every_n_steps=2"), ("checkpoint.keep_last", "save.keep_last_states=1")):
+    for old, new in (
+        ("train.save_every", "save.model_every_n_steps=1"),
+        ("checkpoint.every_n_steps", "save.state_every_n_steps=2"),
+        ("checkpoint.keep_last", "save.keep_last_states=1"),
+    ):
         assert f"{old} is deprecated: use {new}" in err
 
 

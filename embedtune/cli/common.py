@@ -40,7 +40,9 @@ def plots_module(command: str):
 
 def command_parser(command: str, description: str, examples: str | None = None) -> argparse.ArgumentParser:
     """The flag parser of ``embedtune COMMAND``, with its examples shown as written after the flags."""
-    return argparse.ArgumentParser(prog=f"embedtune {command}", description=description, epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(
+        prog=f"embedtune {command}", description=description, epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def add_data_set_flags(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +54,11 @@ def add_data_set_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist already (without it, an existing output stops the command before it starts)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs that exist already (without it, an existing output stops the command before it starts)",
+    )
 
 
 def check_outputs(command: str, outputs: list[tuple[str, str | None, bool]], overwrite: bool, inputs: tuple = ()) -> None:

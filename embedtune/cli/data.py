@@ -3,7 +3,6 @@ set or from a BEIR folder split by query."""
 
 from __future__ import annotations
 
-
 from embedtune.cli.common import add_overwrite_flag, check_outputs, command_parser, fail
 from embedtune.errors import EmbedtuneError
 
@@ -23,17 +22,20 @@ def main(args: list[str]) -> None:
     parser.add_argument("--seed", type=int, default=0, help="with --beir: which queries are held out")
     parser.add_argument("--max-train-pairs", type=int, default=None, help="stdlib: cap the training pairs (default: all)")
     parser.add_argument("--max-eval-queries", type=int, default=None, help="stdlib: cap the held-out queries (default: all)")
-    parser.add_argument("--eval-fraction", type=float, default=0.2, help="share held out: of packages (stdlib) or queries (--beir) (default: 0.2)")
+    parser.add_argument(
+        "--eval-fraction", type=float, default=0.2, help="share held out: of packages (stdlib) or queries (--beir) (default: 0.2)"
+    )
     options = parser.parse_args(args)
 
     from embedtune.data.held_out import load_beir, write_beir
-
     from embedtune.data.rows import write_pairs
 
     if not 0 < options.eval_fraction < 1:
         fail("data", f"--eval-fraction must be in (0, 1), got {options.eval_fraction}")
     check_outputs("data", [("--out", options.out, True)], True, (options.beir,))  # a folder to write into
-    check_outputs("data", [("--out", f"{options.out}/train.jsonl", False), ("--out", f"{options.out}/eval", True)], options.overwrite, (options.beir,))
+    check_outputs(
+        "data", [("--out", f"{options.out}/train.jsonl", False), ("--out", f"{options.out}/eval", True)], options.overwrite, (options.beir,)
+    )
     try:
         if options.beir:
             from embedtune.data.split import split_queries
@@ -48,5 +50,7 @@ def main(args: list[str]) -> None:
         fail("data", str(error))
     write_pairs(train, f"{options.out}/train.jsonl")
     write_beir(evaluation, f"{options.out}/eval")
-    print(f"wrote {len(train)} training pairs to {options.out}/train.jsonl and {len(evaluation.queries)} held-out queries "
-          f"over {len(evaluation.corpus)} documents to {options.out}/eval/")
+    print(
+        f"wrote {len(train)} training pairs to {options.out}/train.jsonl and {len(evaluation.queries)} held-out queries "
+        f"over {len(evaluation.corpus)} documents to {options.out}/eval/"
+    )

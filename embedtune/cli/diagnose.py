@@ -7,7 +7,16 @@ import argparse
 import re
 from pathlib import Path
 
-from embedtune.cli.common import add_data_set_flags, add_overwrite_flag, check_outputs, command_parser, best_device, fail, plots_module, quiet_transformers
+from embedtune.cli.common import (
+    add_data_set_flags,
+    add_overwrite_flag,
+    best_device,
+    check_outputs,
+    command_parser,
+    fail,
+    plots_module,
+    quiet_transformers,
+)
 from embedtune.errors import DataError, EmbedtuneError
 
 DESCRIPTION = (
@@ -32,7 +41,9 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     from embedtune.eval import diagnostics
 
     parser = command_parser("diagnose", DESCRIPTION, DIAGNOSE_EXAMPLES.format(**vars(diagnostics)))
-    parser.add_argument("--model", required=True, nargs="+", help="model folder(s) or packaged name; the first is drawn as the base in plots")
+    parser.add_argument(
+        "--model", required=True, nargs="+", help="model folder(s) or packaged name; the first is drawn as the base in plots"
+    )
     parser.add_argument("--data", required=True, nargs="+", help="pairs file(s), BEIR folder(s) or STS file(s)")
     add_data_set_flags(parser)
     parser.add_argument("--label-column", default=None, help="colour the PCA plot by this column of a pairs file")
@@ -89,7 +100,9 @@ def load_inputs(options: argparse.Namespace) -> list[tuple]:
         benchmark = load_benchmark(source, options.split, columns)
         chosen = positive_pairs(benchmark, options.max_pairs, options.seed)
         if len(chosen) < 2:
-            raise DataError(f"{source}: {len(chosen)} positive pair(s); the geometry of an embedding space needs at least 2 (random pairs are drawn between them)")
+            raise DataError(
+                f"{source}: {len(chosen)} positive pair(s); the geometry of an embedding space needs at least 2 (random pairs are drawn between them)"
+            )
         inputs.append((benchmark, chosen, _pair_items(benchmark, chosen)))
     return inputs
 
@@ -150,9 +163,13 @@ def draw(plots, options: argparse.Namespace, inputs: list[tuple], similarities: 
     for benchmark in benchmarks:
         file = out_dir / f"similarity_{_file_stem(benchmark.name)}.png"
         written.append(plots.similarity_histograms(similarities[benchmark.source], file, f"positive vs random pairs: {benchmark.name}"))
-    labels = _point_labels(benchmarks, [chosen for _, chosen, _ in inputs], [items for _, _, items in inputs], options.label_column is not None)
+    labels = _point_labels(
+        benchmarks, [chosen for _, chosen, _ in inputs], [items for _, _, items in inputs], options.label_column is not None
+    )
     stacked = {name: np.concatenate(parts) for name, parts in points.items()}
-    written.append(plots.pca_scatter(stacked, labels, out_dir / "pca.png", f"PCA of the embeddings ({', '.join(b.name for b in benchmarks)})"))
+    written.append(
+        plots.pca_scatter(stacked, labels, out_dir / "pca.png", f"PCA of the embeddings ({', '.join(b.name for b in benchmarks)})")
+    )
     return written
 
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import argparse
 
-from embedtune.cli.common import add_data_set_flags, add_overwrite_flag, check_outputs, command_parser, best_device, fail, plots_module, quiet_transformers
+from embedtune.cli.common import (
+    add_data_set_flags,
+    add_overwrite_flag,
+    best_device,
+    check_outputs,
+    command_parser,
+    fail,
+    plots_module,
+    quiet_transformers,
+)
 from embedtune.errors import EmbedtuneError
 
 DESCRIPTION = (
@@ -40,11 +49,23 @@ def parse_args(args: list[str]) -> argparse.Namespace:
                         help="Matryoshka sizes to score, e.g. 384 256 128 64: embeddings truncated to the first D dimensions and "
                         "re-normalised (default: the model's saved matryoshka dims and its full size, else its full size)")  # fmt: skip
     probe = parser.add_argument_group("linear probe (embedtune/eval/probe.py)")
-    probe.add_argument("--probe", default=None, metavar="FILE", help="labelled texts (jsonl, csv, tsv, parquet, hf:NAME): score a logistic regression on the frozen embeddings")
-    probe.add_argument("--probe-test", default=None, metavar="FILE", help="labelled texts to score the probe on (default: a stratified split of --probe)")
+    probe.add_argument(
+        "--probe",
+        default=None,
+        metavar="FILE",
+        help="labelled texts (jsonl, csv, tsv, parquet, hf:NAME): score a logistic regression on the frozen embeddings",
+    )
+    probe.add_argument(
+        "--probe-test", default=None, metavar="FILE", help="labelled texts to score the probe on (default: a stratified split of --probe)"
+    )
     probe.add_argument("--text-column", default="text", help="column of the texts in --probe files (default: text)")
     probe.add_argument("--label-column", default="label", help="column of the labels in --probe files (default: label)")
-    probe.add_argument("--test-fraction", type=float, default=0.2, help="share of each class held out for testing when there is no --probe-test (default: 0.2)")
+    probe.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of each class held out for testing when there is no --probe-test (default: 0.2)",
+    )
     probe.add_argument("--probe-noise", type=float, nargs="*", default=None, metavar="SIGMA",
                        help="std of the Gaussian noise added to the unit-normalised test embeddings, per dimension "
                        "(default: 0.05 0.1 0.2; the flag alone: clean accuracy only)")  # fmt: skip
@@ -53,7 +74,9 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     probe.add_argument("--seed", type=int, default=0, help="for the probe's train/test split and noise (default: 0)")
     parser.add_argument("--out", default=None, metavar="FILE.json", help="write the results as JSON here")
     add_overwrite_flag(parser)
-    parser.add_argument("--csv", default=None, metavar="FILE.csv", help="write the results as CSV here, one row per data set, model and size")
+    parser.add_argument(
+        "--csv", default=None, metavar="FILE.csv", help="write the results as CSV here, one row per data set, model and size"
+    )
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="draw quality vs Matryoshka size here")
     parser.add_argument("--diagnose", default=None, metavar="DIR",
                         help="also run `embedtune diagnose --plots` on the same models and --data: the geometry table and verdicts, "
@@ -84,10 +107,16 @@ def check_options(options: argparse.Namespace) -> None:
     if options.max_length is not None and options.max_length < 1:
         fail("eval", f"--max-length must be >= 1, got {options.max_length}")
     inputs = (*options.data, options.probe, options.probe_test)
-    check_outputs("eval", [("--out", options.out, False), ("--csv", options.csv, False), ("--plot", options.plot, False)], options.overwrite, inputs)
+    check_outputs(
+        "eval", [("--out", options.out, False), ("--csv", options.csv, False), ("--plot", options.plot, False)], options.overwrite, inputs
+    )
     if options.diagnose:
         check_outputs("eval", [("--diagnose", options.diagnose, True)], True, inputs)  # a folder to write into
-        check_outputs("eval", [("--diagnose", f"{options.diagnose}/diagnostics.json", False), ("--diagnose", f"{options.diagnose}/pca.png", False)], options.overwrite)
+        check_outputs(
+            "eval",
+            [("--diagnose", f"{options.diagnose}/diagnostics.json", False), ("--diagnose", f"{options.diagnose}/pca.png", False)],
+            options.overwrite,
+        )
 
 
 def main(args: list[str]) -> None:
@@ -110,10 +139,31 @@ def main(args: list[str]) -> None:
     if options.diagnose:
         from embedtune.cli import diagnose
 
-        same_inputs = ["--split", options.split, "--query-column", options.query_column, "--positive-column", options.positive_column, "--batch-size", str(options.batch_size)]
+        same_inputs = [
+            "--split",
+            options.split,
+            "--query-column",
+            options.query_column,
+            "--positive-column",
+            options.positive_column,
+            "--batch-size",
+            str(options.batch_size),
+        ]
         if options.max_length:
             same_inputs += ["--max-length", str(options.max_length)]
-        diagnose.main(["--model", *options.model, "--data", *options.data, *same_inputs, "--plots", "--out-dir", options.diagnose, *(["--overwrite"] if options.overwrite else [])])
+        diagnose.main(
+            [
+                "--model",
+                *options.model,
+                "--data",
+                *options.data,
+                *same_inputs,
+                "--plots",
+                "--out-dir",
+                options.diagnose,
+                *(["--overwrite"] if options.overwrite else []),
+            ]
+        )
 
 
 def evaluate_models(options: argparse.Namespace) -> tuple[list, object, list[dict]]:
@@ -124,8 +174,14 @@ def evaluate_models(options: argparse.Namespace) -> tuple[list, object, list[dic
     from embedtune.model import load_embedder
 
     rows = []
-    benchmarks = [load_benchmark(source, options.split, Columns(options.query_column, options.positive_column, None)) for source in options.data]
-    probe_set = load_probe_set(options.probe, options.probe_test, options.text_column, options.label_column, options.test_fraction, options.seed) if options.probe else None
+    benchmarks = [
+        load_benchmark(source, options.split, Columns(options.query_column, options.positive_column, None)) for source in options.data
+    ]
+    probe_set = (
+        load_probe_set(options.probe, options.probe_test, options.text_column, options.label_column, options.test_fraction, options.seed)
+        if options.probe
+        else None
+    )
     for name in options.model:
         prompts = {"query": options.query_prompt} if options.query_prompt is not None else None
         model = load_embedder(name, pooling=options.pooling, max_length=options.max_length, prompts=prompts).to(best_device())
@@ -134,7 +190,9 @@ def evaluate_models(options: argparse.Namespace) -> tuple[list, object, list[dic
             fail("eval", f"--dims {dims[0]} is more than the {model.dim} dimensions of {name}")
         for benchmark in benchmarks:
             for dim, metrics in _evaluate_dims(model, benchmark, dims, options.batch_size).items():
-                rows.append({"data": benchmark.source, "name": benchmark.name, "task": benchmark.task, "model": name, "dim": dim, **metrics})
+                rows.append(
+                    {"data": benchmark.source, "name": benchmark.name, "task": benchmark.task, "model": name, "dim": dim, **metrics}
+                )
         if probe_set:
             for dim, metrics in _probe_dims(model, probe_set, dims, options).items():
                 rows.append({"data": probe_set.source, "name": probe_set.name, "task": "probe", "model": name, "dim": dim, **metrics})

@@ -32,26 +32,76 @@ EXAMPLES = """examples:
 def main(args: list[str]) -> None:
     parser = command_parser("merge", DESCRIPTION, EXAMPLES)
     method = parser.add_mutually_exclusive_group(required=True)
-    method.add_argument("--slerp", dest="method", action="store_const", const="slerp", help="spherical interpolation of each tensor's direction (with --base: of each task vector's), norms interpolated linearly; 3+ checkpoints: their spherical mean")
-    method.add_argument("--linear", dest="method", action="store_const", const="linear", help="the weighted average of the weights (with --base and --sparsify: of the sparsified task vectors)")
-    method.add_argument("--ties", dest="method", action="store_const", const="ties", help="TIES-Merging (needs --base): trim each task vector to its top --density magnitudes, elect each entry's sign by total mass, average the agreeing entries")
-    method.add_argument("--model-stock", dest="method", action="store_const", const="model_stock", help="Model Stock (needs --base): the average task vector, scaled per tensor by a ratio from the angle between the task vectors")
-    parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="model folders with safetensors weights (or a packaged name: all-MiniLM-L6-v2), two or more")
+    method.add_argument(
+        "--slerp",
+        dest="method",
+        action="store_const",
+        const="slerp",
+        help="spherical interpolation of each tensor's direction (with --base: of each task vector's), norms interpolated linearly; 3+ checkpoints: their spherical mean",
+    )
+    method.add_argument(
+        "--linear",
+        dest="method",
+        action="store_const",
+        const="linear",
+        help="the weighted average of the weights (with --base and --sparsify: of the sparsified task vectors)",
+    )
+    method.add_argument(
+        "--ties",
+        dest="method",
+        action="store_const",
+        const="ties",
+        help="TIES-Merging (needs --base): trim each task vector to its top --density magnitudes, elect each entry's sign by total mass, average the agreeing entries",
+    )
+    method.add_argument(
+        "--model-stock",
+        dest="method",
+        action="store_const",
+        const="model_stock",
+        help="Model Stock (needs --base): the average task vector, scaled per tensor by a ratio from the angle between the task vectors",
+    )
+    parser.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="CKPT",
+        help="model folders with safetensors weights (or a packaged name: all-MiniLM-L6-v2), two or more",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="the merged model folder (written atomically)")
     parser.add_argument("--t", type=float, default=None, help="two checkpoints: 0 gives the first, 1 the second (default 0.5)")
     parser.add_argument("--weights", type=float, nargs="+", default=None, metavar="W", help="one weight per checkpoint (default: equal)")
-    parser.add_argument("--layer-t", action="extend", nargs="+", default=[], metavar="REGEX=T", help="two checkpoints: t for the tensors whose name matches REGEX; the first match wins")
-    parser.add_argument("--only", default=None, metavar="REGEX", help="merge only the tensors whose name matches; the rest come from the first checkpoint")
-    parser.add_argument("--base", default=None, metavar="PARENT", help="the model every checkpoint was fine-tuned from: merge task vectors (checkpoint minus PARENT) and add the result to it")
-    parser.add_argument("--sparsify", choices=("magnitude", "dare"), default=None, help="with --base, for --linear and --ties: keep --density of each task vector, by magnitude (TIES's trim, the default of --ties) or at random, rescaled by 1/density (DARE)")
-    parser.add_argument("--density", type=float, default=None, metavar="D", help="the share of each task vector --sparsify keeps, in (0, 1] (default 0.2)")
+    parser.add_argument(
+        "--layer-t",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="REGEX=T",
+        help="two checkpoints: t for the tensors whose name matches REGEX; the first match wins",
+    )
+    parser.add_argument(
+        "--only", default=None, metavar="REGEX", help="merge only the tensors whose name matches; the rest come from the first checkpoint"
+    )
+    parser.add_argument(
+        "--base",
+        default=None,
+        metavar="PARENT",
+        help="the model every checkpoint was fine-tuned from: merge task vectors (checkpoint minus PARENT) and add the result to it",
+    )
+    parser.add_argument(
+        "--sparsify",
+        choices=("magnitude", "dare"),
+        default=None,
+        help="with --base, for --linear and --ties: keep --density of each task vector, by magnitude (TIES's trim, the default of --ties) or at random, rescaled by 1/density (DARE)",
+    )
+    parser.add_argument(
+        "--density", type=float, default=None, metavar="D", help="the share of each task vector --sparsify keeps, in (0, 1] (default 0.2)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="the seed of --sparsify dare's random drop (default 0)")
     add_overwrite_flag(parser)
     options = parser.parse_args(args)
     layer_t = _parse_layer_t(options.layer_t)
 
-    from embedtune.merge.soup import merge_models
     from embedtune.console import console
+    from embedtune.merge.soup import merge_models
 
     def print_warning(message, *_args, **_kwargs) -> None:
         console.print(f"embedtune merge: warning: {message}", style="yellow", markup=False, highlight=False)
@@ -94,7 +144,9 @@ def _print_summary(summary: dict, seconds: float) -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     of_what = f"task vectors of {summary['inputs']} checkpoints" if summary["base"] else f"{summary['inputs']} checkpoints"
     table = Table(title=f"merge: {summary['method']} of {of_what}", show_header=False)
-    table.add_row("output", f"{summary['out']} ({summary['shards']} shard{'s' if summary['shards'] > 1 else ''}, {summary['bytes'] / 2**20:.1f} MiB)")
+    table.add_row(
+        "output", f"{summary['out']} ({summary['shards']} shard{'s' if summary['shards'] > 1 else ''}, {summary['bytes'] / 2**20:.1f} MiB)"
+    )
     table.add_row("tensors merged", f"{summary['merged']} of {summary['tensors']}")
     if summary["method"] == "slerp":
         table.add_row("fell back to lerp", f"{summary['lerp_fallbacks']} of {summary['merged']} (nearly colinear or zero)")

@@ -18,7 +18,16 @@ from embedtune.console import stdout
 from embedtune.errors import EmbedtuneError
 
 OUTPUT_SUFFIXES = (".jsonl", ".json")
-MINING_OPTIONS = ("num_negatives", "range_min", "range_max", "sampling", "max_score", "margin", "relative_margin", "seed")  # flags named as MiningConfig fields
+MINING_OPTIONS = (
+    "num_negatives",
+    "range_min",
+    "range_max",
+    "sampling",
+    "max_score",
+    "margin",
+    "relative_margin",
+    "seed",
+)  # flags named as MiningConfig fields
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
@@ -32,7 +41,9 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--model", required=True, help="model folder or packaged name (all-MiniLM-L6-v2)")
     parser.add_argument("--data", required=True, help="pairs file (jsonl/csv/parquet or hf:NAME[:SPLIT])")
-    parser.add_argument("--corpus", default=None, help="documents to mine from (jsonl/csv/parquet, or a BEIR corpus.jsonl); default: all positives")
+    parser.add_argument(
+        "--corpus", default=None, help="documents to mine from (jsonl/csv/parquet, or a BEIR corpus.jsonl); default: all positives"
+    )
     parser.add_argument("--out", required=True, help="output .jsonl file (written atomically; never one of the inputs)")
     add_overwrite_flag(parser)
     parser.add_argument("--query-column", default="query")
@@ -41,11 +52,17 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--num-negatives", type=int, default=7, help="negatives per query (default: 7)")
     parser.add_argument("--range-min", type=int, default=0, help="first rank a negative may come from (default: 0 = the best)")
     parser.add_argument("--range-max", type=int, default=100, help="rank after the last one a negative may come from (default: 100)")
-    parser.add_argument("--sampling", choices=("top", "random"), default="top", help="best eligible first, or a random sample (default: top)")
+    parser.add_argument(
+        "--sampling", choices=("top", "random"), default="top", help="best eligible first, or a random sample (default: top)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="for --sampling random")
     parser.add_argument("--max-score", type=float, default=None, help="drop candidates with a cosine above this")
-    parser.add_argument("--margin", type=float, default=0.0, help="drop candidates above positive_score - MARGIN (default: 0; --margin=-inf: off)")
-    parser.add_argument("--relative-margin", type=float, default=None, metavar="R", help="also drop candidates above positive_score * (1 - R), e.g. 0.05")
+    parser.add_argument(
+        "--margin", type=float, default=0.0, help="drop candidates above positive_score - MARGIN (default: 0; --margin=-inf: off)"
+    )
+    parser.add_argument(
+        "--relative-margin", type=float, default=None, metavar="R", help="also drop candidates above positive_score * (1 - R), e.g. 0.05"
+    )
     parser.add_argument("--drop-short", action="store_true", help="leave out queries with fewer than --num-negatives negatives")
     parser.add_argument("--batch-size", type=int, default=64)
     return parser.parse_args(args)
@@ -80,7 +97,10 @@ def main(args: list[str]) -> None:
     if options.drop_short:
         rows = [row for row in rows if len(row["negatives"]) >= config.num_negatives]
     if not rows:
-        fail("mine", f"every query has < {config.num_negatives} negatives after filtering, nothing written (widen the window or loosen the filters)")
+        fail(
+            "mine",
+            f"every query has < {config.num_negatives} negatives after filtering, nothing written (widen the window or loosen the filters)",
+        )
     write_text_atomic(options.out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     timings = {"load": loaded - started, "embed + mine": time.perf_counter() - loaded}
     stdout.print(_report(options, config, len(pairs), len(corpus), rows, counts, short, timings))

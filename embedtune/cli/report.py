@@ -10,8 +10,8 @@ import yaml
 
 from embedtune.cli.common import add_overwrite_flag, check_outputs, command_parser, fail, plots_module
 from embedtune.errors import EmbedtuneError
-from embedtune.fileio import read_json
 from embedtune.eval.tasks import SWEEP_METRICS, TASK_TITLES, task_of
+from embedtune.fileio import read_json
 
 SWEEP_ALSO_SHOWN = ("mrr@10", "recall@10", "pearson")
 SWEEP_RUN = re.compile(r"^\d+_(?P<overrides>.+)$")  # Hydra's <job number>_<override_dirname>
@@ -72,8 +72,18 @@ def _report_run(run_dir: Path, out_dir: Path) -> list[Path]:
     if (run_dir / "eval.json").is_file():
         result = read_json(run_dir / "eval.json", "eval.json")
         if result.get("after"):
-            stdout.print(comparison_table(f"held-out {TASK_TITLES[task_of(result['after'])]}: {result.get('data', run_dir.name)}", result.get("before"), result["after"]))
-    return [plots_module("report").training_curves({run_dir.name: _curve_records(run_dir)}, out_dir / "training_curves.png", f"training: {run_dir}")]
+            stdout.print(
+                comparison_table(
+                    f"held-out {TASK_TITLES[task_of(result['after'])]}: {result.get('data', run_dir.name)}",
+                    result.get("before"),
+                    result["after"],
+                )
+            )
+    return [
+        plots_module("report").training_curves(
+            {run_dir.name: _curve_records(run_dir)}, out_dir / "training_curves.png", f"training: {run_dir}"
+        )
+    ]
 
 
 def sweep_overrides(folder_name: str) -> dict[str, str]:
@@ -114,7 +124,11 @@ def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
     scored = [run for run in runs if headline in run["after"]]
     if not scored:
         fail("report", f"{sweep_dir}: no run has {headline} in its eval.json 'after'")
-    swept = [key for key in dict.fromkeys(key for run in runs for key in run["overrides"]) if len({run["overrides"].get(key) for run in runs}) > 1] or list(runs[0]["overrides"])
+    swept = [
+        key
+        for key in dict.fromkeys(key for run in runs for key in run["overrides"])
+        if len({run["overrides"].get(key) for run in runs}) > 1
+    ] or list(runs[0]["overrides"])
 
     table = Table(title=f"sweep: {sweep_dir} ({len(runs)} runs, best first)")
     table.add_column("run")
@@ -143,7 +157,10 @@ def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
         print(f"optuna ({OPTUNA_RESULTS}): best value {found.get('best_value')} at {params}")
 
     parameter = swept[0] if len(swept) == 1 else "run"
-    values = [run["overrides"].get(parameter, "") if len(swept) == 1 else ",".join(f"{k}={run['overrides'].get(k, '')}" for k in swept) for run in scored]
+    values = [
+        run["overrides"].get(parameter, "") if len(swept) == 1 else ",".join(f"{k}={run['overrides'].get(k, '')}" for k in swept)
+        for run in scored
+    ]
     plots = plots_module("report")
     written = [plots.quality_vs_value(values, [run["after"][headline] for run in scored], out_dir / "sweep.png", parameter, headline)]
     logs = {",".join(f"{k}={run['overrides'].get(k, '')}" for k in swept): run["log"] for run in runs if run["log"]}

@@ -59,7 +59,10 @@ def check_search(parsed, sweep: bool) -> None:
     ``-m`` and a searching sweeper (Hydra's grid sweeper would stop with a traceback)."""
     intervals = [override for override in parsed if override.is_interval_sweep()]
     if intervals and not (sweep and _chosen(parsed).get("hydra/sweeper", "basic") != "basic"):
-        fail("train", f"{intervals[0].input_line} is a range to search: run it with -m hydra/sweeper=optuna (pip install 'embedtune[sweeps]')")
+        fail(
+            "train",
+            f"{intervals[0].input_line} is a range to search: run it with -m hydra/sweeper=optuna (pip install 'embedtune[sweeps]')",
+        )
 
 
 def _search_defaults(parsed) -> list[str]:
@@ -123,14 +126,23 @@ def check_output_folder(cfg, sweep: bool) -> None:
         return
     held = sweep_runs(folder) if sweep else run_outputs(folder)
     if held:
-        what = f"the runs {', '.join(held[:3])}{', ...' if len(held) > 3 else ''} of an earlier sweep" if sweep else f"an earlier run ({', '.join(held)})"
-        raise EmbedtuneError(f"output_dir {folder} holds {what}: pass overwrite=true to replace it, resume=auto to continue it, or another output_dir=")
+        what = (
+            f"the runs {', '.join(held[:3])}{', ...' if len(held) > 3 else ''} of an earlier sweep"
+            if sweep
+            else f"an earlier run ({', '.join(held)})"
+        )
+        raise EmbedtuneError(
+            f"output_dir {folder} holds {what}: pass overwrite=true to replace it, resume=auto to continue it, or another output_dir="
+        )
 
 
 def _plugin_hint(overrides: list[str]) -> str:
     """Where a sweeper or launcher option failed to compose: the optional plugin it may need."""
     groups = {override.split("=", 1)[0] for override in overrides} & set(PLUGIN_GROUPS)
-    return "".join(f" (hydra/{group.split('/')[1]} options come with {PLUGIN_GROUPS[group]}: pip install 'embedtune[sweeps]')" for group in sorted(groups))
+    return "".join(
+        f" (hydra/{group.split('/')[1]} options come with {PLUGIN_GROUPS[group]}: pip install 'embedtune[sweeps]')"
+        for group in sorted(groups)
+    )
 
 
 def _hydra_message(error: Exception) -> str:

@@ -22,7 +22,9 @@ def load(
     document_prompt: str = "",
 ) -> TrainEvalData:
     """The ``data=files`` config: training pairs from ``train``, held-out set from ``eval``."""
-    columns = Columns(query_column, positive_column, negatives_column, score_column, label_column, teacher_positive_column, teacher_negatives_column)
+    columns = Columns(
+        query_column, positive_column, negatives_column, score_column, label_column, teacher_positive_column, teacher_negatives_column
+    )
     return TrainEvalData(
         train=load_pairs(train, columns),
         eval=load_held_out(eval, eval_split, columns) if eval else None,

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from embedtune.fileio import write_text_atomic
 from embedtune.data.rows import Columns, iter_rows, load_pairs, row_text
 from embedtune.data.sts_files import is_sts_file, load_sts
 from embedtune.data.types import Pair, RetrievalSet, ScoredPairSet
 from embedtune.errors import DataError
+from embedtune.fileio import write_text_atomic
 
 
 def load_held_out(source: str, split: str = "test", columns: Columns = Columns(negatives=None)) -> RetrievalSet | ScoredPairSet:
@@ -99,7 +99,9 @@ def load_beir(folder: str, split: str = "test") -> RetrievalSet:
 def write_beir(benchmark: RetrievalSet, folder: str | Path, split: str = "test") -> None:
     """Write a retrieval set as a BEIR folder, the layout `load_beir` reads back."""
     root = Path(folder)
-    write_text_atomic(root / "corpus.jsonl", "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in benchmark.corpus.items()))
+    write_text_atomic(
+        root / "corpus.jsonl", "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in benchmark.corpus.items())
+    )
     write_text_atomic(root / "queries.jsonl", "".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in benchmark.queries.items()))
     rows = [f"{qid}\t{did}\t{rel}\n" for qid, judged in benchmark.qrels.items() for did, rel in judged.items()]
     write_text_atomic(root / "qrels" / f"{split}.tsv", "query-id\tcorpus-id\tscore\n" + "".join(rows))

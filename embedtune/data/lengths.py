@@ -57,7 +57,9 @@ def sample_pairs(pairs, seed: int, size: int = SAMPLE_PAIRS) -> list[Pair]:
     return list(itertools.islice((pair for batch in pairs for pair in batch), size))
 
 
-def measure(tokenizer, pairs: list[Pair], prompts: tuple[str, str], max_lengths: tuple[int, int], negatives_per_query: int) -> list[Lengths]:
+def measure(
+    tokenizer, pairs: list[Pair], prompts: tuple[str, str], max_lengths: tuple[int, int], negatives_per_query: int
+) -> list[Lengths]:
     """Token lengths (with prompts and special tokens, untruncated) of the queries and of the
     documents (positives and the hard negatives training uses) of ``pairs``."""
     queries = [prompts[0] + pair.query for pair in pairs]

@@ -20,13 +20,20 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from embedtune.console import announce
+from embedtune.data.held_out import load_held_out
 from embedtune.data.rows import iter_rows, row_field, row_text
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import ConfigError, DataError
-from embedtune.data.held_out import load_held_out
-from embedtune.console import announce
 
-LABELS = {"entailment": "entailment", "neutral": "neutral", "contradiction": "contradiction", 0: "entailment", 1: "neutral", 2: "contradiction"}
+LABELS = {
+    "entailment": "entailment",
+    "neutral": "neutral",
+    "contradiction": "contradiction",
+    0: "entailment",
+    1: "neutral",
+    2: "contradiction",
+}
 NO_GOLD_LABEL = ("-", -1)
 NEUTRAL_USES = ("drop", "positive", "negative")
 
@@ -45,7 +52,9 @@ class Hypotheses:
             texts.append(text)
 
 
-def read_premises(sources: list[str], premise_column: str, hypothesis_column: str, label_column: str, counts: Counter) -> dict[str, Hypotheses]:
+def read_premises(
+    sources: list[str], premise_column: str, hypothesis_column: str, label_column: str, counts: Counter
+) -> dict[str, Hypotheses]:
     """Hypotheses grouped by premise text, over all ``sources``; ``counts`` gets the rows read
     and those without a gold label. A bad row raises `DataError` naming ``file:line``."""
     premises: dict[str, Hypotheses] = {}
@@ -59,7 +68,9 @@ def read_premises(sources: list[str], premise_column: str, hypothesis_column: st
                 counts["no gold label"] += 1
                 continue
             if isinstance(label, bool) or label not in LABELS:
-                raise DataError(f"{where}: column '{label_column}' must be entailment, neutral, contradiction (or 0, 1, 2; '-' or -1 for no gold label), got {raw!r:.40}")
+                raise DataError(
+                    f"{where}: column '{label_column}' must be entailment, neutral, contradiction (or 0, 1, 2; '-' or -1 for no gold label), got {raw!r:.40}"
+                )
             premises.setdefault(premise, Hypotheses()).add(LABELS[label], hypothesis)
     return premises
 
@@ -67,7 +78,9 @@ def read_premises(sources: list[str], premise_column: str, hypothesis_column: st
 NO_ENTAILMENT = "hard negatives whose premise has no entailment"
 
 
-def triplets(premises: dict[str, Hypotheses], neutral: str = "drop", keep_unpaired: bool = False, counts: Counter | None = None) -> list[Pair]:
+def triplets(
+    premises: dict[str, Hypotheses], neutral: str = "drop", keep_unpaired: bool = False, counts: Counter | None = None
+) -> list[Pair]:
     """(premise, entailed hypothesis, its premise's contradictions as hard negatives) pairs.
 
     ``neutral``: ``drop`` (SimCSE), ``positive`` (neutral hypotheses are extra positives) or
@@ -111,9 +124,15 @@ def load(
     premises = read_premises(sources, premise_column, hypothesis_column, label_column, counts)
     pairs = triplets(premises, neutral, keep_unpaired, counts)
     if not pairs:
-        raise DataError(f"{', '.join(sources)}: no (premise, entailment, contradiction) triplets (rows: {counts['rows']}); check data.label_column, or set data.keep_unpaired=true")
+        raise DataError(
+            f"{', '.join(sources)}: no (premise, entailment, contradiction) triplets (rows: {counts['rows']}); check data.label_column, or set data.keep_unpaired=true"
+        )
     negatives = sum(len(pair.negatives) for pair in pairs)
-    dropped = ", ".join(f"{counts[reason]:,} {reason}" for reason in ("neutral", "no gold label", "positives without a hard negative", NO_ENTAILMENT) if counts[reason])
+    dropped = ", ".join(
+        f"{counts[reason]:,} {reason}"
+        for reason in ("neutral", "no gold label", "positives without a hard negative", NO_ENTAILMENT)
+        if counts[reason]
+    )
     announce(
         f"data=nli: {counts['rows']:,} rows, {len(premises):,} premises from {', '.join(sources)} -> {len(pairs):,} pairs "
         f"(premise, {'entailment' if neutral != 'positive' else 'entailment or neutral'}) with {negatives:,} hard negatives; "

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from torch.utils.data import IterableDataset
 
 from embedtune.data.held_out import load_held_out
-
 from embedtune.data.rows import Columns, iter_rows, pair_from_row
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import DataError

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from embedtune.fileio import write_text_atomic
 from embedtune.data.types import Pair
 from embedtune.errors import DataError
+from embedtune.fileio import write_text_atomic
 
 TABULAR_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 
@@ -161,7 +161,9 @@ def _negatives(row: dict[str, Any], column: str, where: str) -> tuple[str, ...]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as error:
-            raise DataError(f"{where}: column '{column}' is not a valid JSON list ({error.msg} at character {error.pos + 1} of the cell)") from None
+            raise DataError(
+                f"{where}: column '{column}' is not a valid JSON list ({error.msg} at character {error.pos + 1} of the cell)"
+            ) from None
     if isinstance(value, str):
         raise DataError(f"{where}: column '{column}' must be a list of strings, got one string (write it as a list: [\"...\"])")
     if not isinstance(value, (list, tuple)):

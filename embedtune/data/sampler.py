@@ -26,7 +26,9 @@ class ShuffledBatchSampler(Sampler[list[int]]):
     the batch where it stopped. With ``no_duplicates=False`` it is a plain seeded shuffle.
     """
 
-    def __init__(self, pairs: list[Pair], batch_size: int, seed: int = 0, negatives_per_query: int | None = None, no_duplicates: bool = True) -> None:
+    def __init__(
+        self, pairs: list[Pair], batch_size: int, seed: int = 0, negatives_per_query: int | None = None, no_duplicates: bool = True
+    ) -> None:
         # only the texts that enter the batch: the query, the positive and the negatives used
         self.texts = [{pair.query, pair.positive, *pair.negatives[:negatives_per_query]} for pair in pairs]
         self.batch_size = batch_size

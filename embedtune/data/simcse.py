@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from embedtune.console import announce
+from embedtune.data.held_out import load_held_out
 from embedtune.data.rows import iter_rows, row_text
+from embedtune.data.sts_files import is_sts_file, iter_sts
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import DataError
-from embedtune.data.held_out import load_held_out
-from embedtune.data.sts_files import is_sts_file, iter_sts
-from embedtune.console import announce
 
 
 def read_texts(source: str, text_column: str = "text") -> list[str]:
@@ -64,5 +64,7 @@ def load(train: str | list[str], text_column: str = "text", eval: str | None = N
     pairs = simcse_pairs(texts)
     if len(pairs) < 2:
         raise DataError(f"{', '.join(sources)}: unsupervised SimCSE needs at least 2 distinct texts, got {len(pairs)}")
-    announce(f"data=simcse: {len(texts):,} texts from {', '.join(sources)} -> {len(pairs):,} (text, text) pairs; {len(texts) - len(pairs):,} repeated texts merged")
+    announce(
+        f"data=simcse: {len(texts):,} texts from {', '.join(sources)} -> {len(pairs):,} (text, text) pairs; {len(texts) - len(pairs):,} repeated texts merged"
+    )
     return TrainEvalData(train=pairs, eval=load_held_out(eval, eval_split) if eval else None, source=", ".join(sources))

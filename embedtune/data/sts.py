@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from embedtune.data.types import Pair, TrainEvalData
-from embedtune.errors import ConfigError, DataError
+from embedtune.console import announce
 from embedtune.data.held_out import load_held_out
 from embedtune.data.sts_files import iter_sts
-from embedtune.console import announce
+from embedtune.data.types import Pair, TrainEvalData
+from embedtune.errors import ConfigError, DataError
 
 
 def load_scored(source: str, score_min: float = 0.0, score_max: float = 5.0) -> list[Pair]:
@@ -43,5 +43,7 @@ def load(train: str, eval: str | None = None, eval_split: str = "test", score_mi
     if len(pairs) < 2:
         raise DataError(f"{train}: scored-pair losses compare pairs with each other; need at least 2, got {len(pairs)}")
     distinct = len({pair.score for pair in pairs})
-    announce(f"data=sts: {len(pairs):,} scored pairs from {train} (scores {min(p.score for p in pairs):g}..{max(p.score for p in pairs):g}, {distinct:,} distinct values; range {score_min:g}..{score_max:g}), all used")
+    announce(
+        f"data=sts: {len(pairs):,} scored pairs from {train} (scores {min(p.score for p in pairs):g}..{max(p.score for p in pairs):g}, {distinct:,} distinct values; range {score_min:g}..{score_max:g}), all used"
+    )
     return TrainEvalData(train=pairs, eval=load_held_out(eval, eval_split) if eval else None, source=train)

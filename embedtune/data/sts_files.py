@@ -59,7 +59,9 @@ def load_sts(source: str) -> list[Pair]:
     if len(pairs) < 2:
         raise DataError(f"{source}: need at least 2 scored pairs for a correlation, got {len(pairs)}")
     if len({pair.score for pair in pairs}) == 1:
-        raise DataError(f"{source}: every gold score is {pairs[0].score:g}, so no correlation with them is defined; an STS file needs differing scores")
+        raise DataError(
+            f"{source}: every gold score is {pairs[0].score:g}, so no correlation with them is defined; an STS file needs differing scores"
+        )
     return pairs
 
 
@@ -85,7 +87,9 @@ def _iter_stsb(path: Path) -> Iterator[tuple[str, Pair]]:
                 fields = line.rstrip("\r\n").split("\t")
                 where = f"{path}:{number}"
                 if len(fields) < len(STSB_FIELDS):
-                    raise DataError(f"{where}: expected {len(STSB_FIELDS)} tab-separated fields ({', '.join(STSB_FIELDS)}), got {len(fields)}")
+                    raise DataError(
+                        f"{where}: expected {len(STSB_FIELDS)} tab-separated fields ({', '.join(STSB_FIELDS)}), got {len(fields)}"
+                    )
                 yield where, pair_from_row(dict(zip(STSB_FIELDS, fields)), where, STSB_COLUMNS)
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None

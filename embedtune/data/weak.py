@@ -32,11 +32,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedtune.console import announce
+from embedtune.data.held_out import load_held_out
 from embedtune.data.rows import iter_rows, row_text
 from embedtune.data.types import Pair, TrainEvalData
 from embedtune.errors import ConfigError, DataError
-from embedtune.data.held_out import load_held_out
-from embedtune.console import announce
 
 KINDS = ("title_body", "first_sentence_rest", "heading_section")
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
@@ -87,7 +87,9 @@ def _file_document(path: Path) -> Document:
         front = _FRONT_MATTER.match(text)
         if front:
             text = text[front.end() :]
-            title = next((line.split(":", 1)[1].strip().strip("'\"") for line in front.group(1).splitlines() if line.startswith("title:")), "")
+            title = next(
+                (line.split(":", 1)[1].strip().strip("'\"") for line in front.group(1).splitlines() if line.startswith("title:")), ""
+            )
         first, _, rest = text.lstrip("\n").partition("\n")
         heading = _HEADING.match(first)
         if not title and heading and len(heading.group(1)) == 1:
@@ -213,5 +215,7 @@ def load(
         raise DataError(f"{', '.join(sources)}: {documents} document(s) gave {len(unique)} weak pair(s); need at least 2")
     made = ", ".join(f"{counts[kind]:,} {kind}" for kind in kinds)
     dropped = ", ".join(f"{value:,} {reason}" for reason, value in counts.items() if reason not in KINDS and value)
-    announce(f"data=weak: {documents:,} documents from {', '.join(sources)} -> {len(unique):,} pairs ({made}); dropped: {dropped or 'nothing'}")
+    announce(
+        f"data=weak: {documents:,} documents from {', '.join(sources)} -> {len(unique):,} pairs ({made}); dropped: {dropped or 'nothing'}"
+    )
     return TrainEvalData(train=unique, eval=load_held_out(eval, eval_split) if eval else None, source=", ".join(sources))

@@ -15,7 +15,9 @@ from embedtune.eval.sts import evaluate_sts
 from embedtune.model import Embedder
 
 
-def evaluate_held_out(model: Embedder, held_out: RetrievalSet | ScoredPairSet, batch_size: int = 64, show_progress: bool = True) -> dict[str, float]:
+def evaluate_held_out(
+    model: Embedder, held_out: RetrievalSet | ScoredPairSet, batch_size: int = 64, show_progress: bool = True
+) -> dict[str, float]:
     """Retrieval metrics or STS correlations of ``model`` on ``held_out``."""
     if isinstance(held_out, ScoredPairSet):
         return evaluate_sts(model, held_out.pairs, batch_size, show_progress)

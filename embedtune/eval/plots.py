@@ -22,8 +22,8 @@ matplotlib.use("Agg")  # files only: works on machines without a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from embedtune.fileio import atomic_file  # noqa: E402
 from embedtune.eval.tasks import HEADLINE_METRIC  # noqa: E402
+from embedtune.fileio import atomic_file  # noqa: E402
 
 # train_log.jsonl fields worth a panel, with their axis labels, in reading order.
 CURVES = {
@@ -59,8 +59,19 @@ def similarity_histograms(similarities: dict[str, tuple[np.ndarray, np.ndarray]]
         bins = np.linspace(max(-1.0, math.floor(low * 10) / 10), 1.0, 61)
     for index, (model, (positive, random)) in enumerate(similarities.items()):
         color = f"C{index}"
-        axes.hist(np.asarray(random), bins=bins, density=True, histtype="step", linestyle="--", linewidth=1.6, color=color, label=f"{model}: random pairs")
-        axes.hist(np.asarray(positive), bins=bins, density=True, histtype="stepfilled", alpha=0.35, color=color, label=f"{model}: positive pairs")
+        axes.hist(
+            np.asarray(random),
+            bins=bins,
+            density=True,
+            histtype="step",
+            linestyle="--",
+            linewidth=1.6,
+            color=color,
+            label=f"{model}: random pairs",
+        )
+        axes.hist(
+            np.asarray(positive), bins=bins, density=True, histtype="stepfilled", alpha=0.35, color=color, label=f"{model}: positive pairs"
+        )
         axes.hist(np.asarray(positive), bins=bins, density=True, histtype="step", linewidth=1.6, color=color)
     axes.set_xlabel("cosine similarity")
     axes.set_ylabel("density")
@@ -89,7 +100,9 @@ def pca_scatter(embeddings: dict[str, np.ndarray], labels: list[str], path: str 
         projected, share = pca_2d(points)
         for index, name in enumerate(names):
             mask = np.array([label == name for label in labels])
-            panel.scatter(projected[mask, 0], projected[mask, 1], s=9, alpha=0.6, color=f"C{index % 10}", label=name if index < 10 else None)
+            panel.scatter(
+                projected[mask, 0], projected[mask, 1], s=9, alpha=0.6, color=f"C{index % 10}", label=name if index < 10 else None
+            )
         panel.set_title(model, fontsize="medium")
         panel.set_xlabel(f"PC 1 ({share[0]:.0%} of variance)")
         panel.set_ylabel(f"PC 2 ({share[1]:.0%} of variance)")
@@ -168,7 +181,16 @@ def quality_vs_value(values: list[str], scores: list[float], path: str | Path, p
     order = sorted(range(len(x)), key=lambda i: x[i])
     axes.plot([x[i] for i in order], [scores[i] for i in order], marker="o", color="C0")
     best = max(range(len(scores)), key=lambda i: scores[i])
-    axes.scatter([x[best]], [scores[best]], s=160, facecolors="none", edgecolors="C3", linewidths=2, zorder=3, label=f"best: {parameter}={values[best]} ({scores[best]:.4f})")
+    axes.scatter(
+        [x[best]],
+        [scores[best]],
+        s=160,
+        facecolors="none",
+        edgecolors="C3",
+        linewidths=2,
+        zorder=3,
+        label=f"best: {parameter}={values[best]} ({scores[best]:.4f})",
+    )
     axes.set_xlabel(parameter)
     axes.set_ylabel(f"{metric} after training")
     axes.set_title(f"sweep: {metric} vs {parameter}")

@@ -45,10 +45,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from embedtune.console import progress_bar
 from embedtune.data.rows import iter_rows
 from embedtune.errors import DataError
 from embedtune.model import Embedder
-from embedtune.console import progress_bar
 
 DEFAULT_NOISE = (0.05, 0.1, 0.2)
 DEFAULT_DRAWS = 10
@@ -143,10 +143,23 @@ def load_probe_set(source: str, test_source: str | None = None, text_column: str
     if test_source is None:
         small = sorted(label for label, count in Counter(labels).items() if count < 2)
         if small:
-            named = f"class {small[0]!r} has" if len(small) == 1 else f"classes {', '.join(map(repr, small[:5]))}{' ...' if len(small) > 5 else ''} have"
-            raise DataError(f"{source}: {named} a single example; every class needs at least 2 (one to train on, one to test), or give --probe-test")
+            named = (
+                f"class {small[0]!r} has"
+                if len(small) == 1
+                else f"classes {', '.join(map(repr, small[:5]))}{' ...' if len(small) > 5 else ''} have"
+            )
+            raise DataError(
+                f"{source}: {named} a single example; every class needs at least 2 (one to train on, one to test), or give --probe-test"
+            )
         train, test = stratified_split(labels, test_fraction, seed)
-        probe_set = ProbeSet(source, _name(source), [texts[i] for i in train], [labels[i] for i in train], [texts[i] for i in test], [labels[i] for i in test])
+        probe_set = ProbeSet(
+            source,
+            _name(source),
+            [texts[i] for i in train],
+            [labels[i] for i in train],
+            [texts[i] for i in test],
+            [labels[i] for i in test],
+        )
     else:
         test_texts, test_labels = load_labelled(test_source, text_column, label_column)
         unseen = sorted(set(test_labels) - set(labels))
@@ -163,7 +176,9 @@ def _name(source: str) -> str:
     return source.rstrip("/").rsplit("/", 1)[-1]
 
 
-def embed_probe_set(model: Embedder, probe_set: ProbeSet, batch_size: int = 64, show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_probe_set(
+    model: Embedder, probe_set: ProbeSet, batch_size: int = 64, show_progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Train and test embeddings, (n, dim) each. Every distinct text is encoded once, with no
     prompt: a text to classify is neither a query nor a document."""
     texts = list(dict.fromkeys(probe_set.train_texts + probe_set.test_texts))
@@ -176,7 +191,9 @@ def embed_probe_set(model: Embedder, probe_set: ProbeSet, batch_size: int = 64, 
 # --- the probe -----------------------------------------------------------------------------
 
 
-def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1.0, max_iter: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic_regression(
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1.0, max_iter: int = 500
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression ``(weight (classes, dim), bias (classes,))``, float64,
     minimising ``mean CE + (l2 / 2n) ||weight||²`` by full-batch L-BFGS from zero.
 
@@ -262,4 +279,3 @@ def probe(train_x: torch.Tensor, train_labels: list[str], test_x: torch.Tensor, 
 def noise_key(sigma: float) -> str:
     """The result key of the accuracy at noise ``sigma``: 0.1 -> "accuracy_sigma_0.1"."""
     return f"accuracy_sigma_{sigma:g}"
-

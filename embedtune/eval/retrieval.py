@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from embedtune.console import progress_bar
 from embedtune.data.types import RetrievalSet
 from embedtune.eval.metrics import retrieval_metrics
 from embedtune.model import Embedder
-from embedtune.console import progress_bar
 
 
 def rank(
@@ -41,7 +41,9 @@ def truncate(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
     return F.normalize(embeddings[:, :dim], dim=-1)
 
 
-def embed_retrieval_set(model: Embedder, benchmark: RetrievalSet, batch_size: int = 64, show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_retrieval_set(
+    model: Embedder, benchmark: RetrievalSet, batch_size: int = 64, show_progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Query and corpus embeddings of ``benchmark`` (in the order of its dicts), encoded once so
     that several Matryoshka sizes can be scored from them."""
     total = len(benchmark.queries) + len(benchmark.corpus)
@@ -59,7 +61,9 @@ def score_retrieval(queries: torch.Tensor, corpus: torch.Tensor, benchmark: Retr
     return retrieval_metrics(rankings, benchmark.qrels)
 
 
-def evaluate_retrieval(model: Embedder, benchmark: RetrievalSet, batch_size: int = 64, top_k: int = 100, show_progress: bool = True) -> dict[str, float]:
+def evaluate_retrieval(
+    model: Embedder, benchmark: RetrievalSet, batch_size: int = 64, top_k: int = 100, show_progress: bool = True
+) -> dict[str, float]:
     """nDCG@10, MRR@10, MAP@100 and Recall@1/10/100 of ``model`` on ``benchmark``."""
     queries, corpus = embed_retrieval_set(model, benchmark, batch_size, show_progress)
     return score_retrieval(queries, corpus, benchmark, top_k)

@@ -49,7 +49,9 @@ def spearman(x, y) -> float:
     return pearson(average_ranks(x), average_ranks(y))
 
 
-def embed_sts(model: Embedder, pairs: list[Pair], batch_size: int = 64, show_progress: bool = True, name: str = "sts") -> tuple[torch.Tensor, torch.Tensor]:
+def embed_sts(
+    model: Embedder, pairs: list[Pair], batch_size: int = 64, show_progress: bool = True, name: str = "sts"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings of each pair's two sentences, (pairs, dim) each. Every distinct sentence is
     encoded once, with no prompt: STS is symmetric, neither side is a query."""
     sentences = list(dict.fromkeys(text for pair in pairs for text in (pair.query, pair.positive)))

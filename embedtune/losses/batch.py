@@ -52,7 +52,9 @@ def split_documents(documents: Tensor, info: BatchInfo, loss_name: str, minimum:
     """(positives (batch, dim), hard negatives (batch, k, dim)) from the documents layout."""
     size, k = info.query_ids.shape[0], info.negatives_per_query
     if k < minimum:
-        raise ConfigError(f"loss {loss_name} needs at least {minimum} hard negative(s) per query: set negatives.per_query >= {minimum} and give the data a negatives column")
+        raise ConfigError(
+            f"loss {loss_name} needs at least {minimum} hard negative(s) per query: set negatives.per_query >= {minimum} and give the data a negatives column"
+        )
     return documents[:size], documents[size:].reshape(size, k, -1)
 
 

@@ -139,7 +139,10 @@ def model_stock_coefficients(gram_matrix: Tensor, eps: float = EPS) -> Tensor:
     norms = gram_matrix.diagonal().clamp(min=0).sqrt()
     if n < 2:
         raise ValueError("Model Stock needs at least two fine-tuned models")
-    cosines = [float(gram_matrix[i, j] / (norms[i] * norms[j])) if min(norms[i], norms[j]) >= eps else 0.0 for i, j in itertools.combinations(range(n), 2)]
+    cosines = [
+        float(gram_matrix[i, j] / (norms[i] * norms[j])) if min(norms[i], norms[j]) >= eps else 0.0
+        for i, j in itertools.combinations(range(n), 2)
+    ]
     cos = min(1.0, max(0.0, sum(cosines) / len(cosines)))
     t = n * cos / (1 + (n - 1) * cos)
     return torch.full((n,), t / n, dtype=torch.float64)
@@ -173,7 +176,9 @@ def _spherical_mean(cosines: Tensor, weights: Tensor, eps: float) -> Tensor | No
         cos = (units @ point).clamp(-1, 1)  # (n,)
         tangents = units - cos[:, None] * point  # (n, n): row i is v̂ᵢ − cosθᵢ·û
         sin = tangents.norm(dim=1)
-        pulls = weights * torch.where(sin > 0, torch.atan2(sin, cos) / sin.clamp(min=1e-300), 0)  # wᵢ·θᵢ/sinθᵢ; atan2 is accurate at small θ
+        pulls = weights * torch.where(
+            sin > 0, torch.atan2(sin, cos) / sin.clamp(min=1e-300), 0
+        )  # wᵢ·θᵢ/sinθᵢ; atan2 is accurate at small θ
         step = pulls @ tangents
         step_coefficients = pulls - float(pulls @ cos) * coefficients
         angle = float(step.norm())

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from embedtune import __version__
+from embedtune.console import progress_bar
 from embedtune.errors import EmbedtuneError
 from embedtune.fileio import atomic_folder, check_output, read_json
 from embedtune.merge.methods import (
@@ -44,7 +45,6 @@ from embedtune.merge.methods import (
 )
 from embedtune.model import resolve_model_path, saved_model, saved_settings
 from embedtune.model_card import CARD_FILE, card_base_models, merge_card
-from embedtune.console import progress_bar
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -56,11 +56,36 @@ TIES_DENSITY = 0.2  # the TIES paper keeps the top 20% of each task vector
 # config.json keys that must agree: the same architecture at the same size
 ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 # not copied from the first input: weights in any format (they would be stale) and hidden files
-NOT_COPIED = (CARD_FILE, "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.h5", "*.msgpack", "*.pt", "*.onnx", "onnx", "openvino", ".*")
+NOT_COPIED = (
+    CARD_FILE,
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.bin",
+    "*.bin.index.json",
+    "*.h5",
+    "*.msgpack",
+    "*.pt",
+    "*.onnx",
+    "onnx",
+    "openvino",
+    ".*",
+)
 MERGE_RECORD = "embedtune_merge.json"
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U64": torch.uint64,
+    "U32": torch.uint32,
+    "U16": torch.uint16,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }  # safetensors' dtype names; fmt: skip
 
@@ -127,7 +152,9 @@ def merge_models(
         _check_tensors(labels, opened)
         _warn_if_settings_differ(inputs, folders[: len(inputs)])
         base_opened = opened[len(inputs)] if base is not None else None
-        merge = Merge(method, opened[: len(inputs)], base_opened, base_weights, schedule, only_pattern, sparsify, density, seed, block_elements)
+        merge = Merge(
+            method, opened[: len(inputs)], base_opened, base_weights, schedule, only_pattern, sparsify, density, seed, block_elements
+        )
         with atomic_folder(out) as tmp:
             counts = _write_merged(merge, tmp, max_shard_bytes, show_progress)
             distances = merge.distances()
@@ -139,7 +166,15 @@ def merge_models(
             }  # fmt: skip
             (tmp / MERGE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             (tmp / CARD_FILE).write_text(_card(out, inputs, folders, record), encoding="utf-8")
-    return {"out": str(out), "method": method, "inputs": len(inputs), "labels": list(inputs), "base": base, **counts, "distances": distances}
+    return {
+        "out": str(out),
+        "method": method,
+        "inputs": len(inputs),
+        "labels": list(inputs),
+        "base": base,
+        **counts,
+        "distances": distances,
+    }
 
 
 def _card(out: str, inputs: list[str], folders: list[Path], record: dict) -> str:
@@ -147,7 +182,10 @@ def _card(out: str, inputs: list[str], folders: list[Path], record: dict) -> str
     task-vector settings; the models the inputs started from are its base models."""
     task_vectors = {}
     if record["base"] is not None:
-        task_vectors = {"task vectors against": f"`{record['base']}`", **({"sparsify": f"{record['sparsify']}, density {record['density']:g}"} if record["sparsify"] else {})}
+        task_vectors = {
+            "task vectors against": f"`{record['base']}`",
+            **({"sparsify": f"{record['sparsify']}, density {record['density']:g}"} if record["sparsify"] else {}),
+        }
     return merge_card(
         str(out), saved_model(folders[0]), inputs, record["method"], record["weights"], layer_t=record["layer_t"], only=record["only"],
         base_model_ids=[name for folder in folders[: len(inputs)] for name in card_base_models(folder)], task_vectors=task_vectors,
@@ -261,7 +299,10 @@ class SafetensorsFile:
             (length,) = struct.unpack("<Q", self.file.read(8))
             header = json.loads(self.file.read(length))
             header.pop("__metadata__", None)
-            self.header = {name: (DTYPES[entry["dtype"]], tuple(entry["shape"]), entry["dtype"], entry["data_offsets"][0]) for name, entry in header.items()}
+            self.header = {
+                name: (DTYPES[entry["dtype"]], tuple(entry["shape"]), entry["dtype"], entry["data_offsets"][0])
+                for name, entry in header.items()
+            }
         except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
             raise EmbedtuneError(f"{label}: unreadable safetensors file ({type(error).__name__}: {error})") from None
         self.data_start = 8 + length
@@ -330,7 +371,9 @@ def _check_tensors(labels: list[str], opened: list[dict[str, tuple[str, object]]
             if _is_float(other_dtype) != _is_float(dtype):
                 raise EmbedtuneError(f"{file}: tensor '{name}' has dtype {other_dtype}, {labels[0]} has {dtype}")
             if not _is_float(dtype) and not torch.equal(_load(source, name), _load(tensors[name], name)):
-                raise EmbedtuneError(f"{file}: tensor '{name}' ({dtype}) differs from {labels[0]}'s; non-floating tensors are copied, not merged")
+                raise EmbedtuneError(
+                    f"{file}: tensor '{name}' ({dtype}) differs from {labels[0]}'s; non-floating tensors are copied, not merged"
+                )
         for name, source in tensors.items():
             if name not in first and _is_float(_describe(source, name)[1]):
                 raise EmbedtuneError(f"{source[0]}: tensor '{name}' is not in {labels[0]}")
@@ -513,7 +556,12 @@ def _plan_shards(first: dict, max_shard_bytes: int) -> list[list[str]]:
     return shards
 
 
-def _write_safetensors(path: Path, described: dict[str, tuple[tuple[int, ...], str]], tensor_blocks: Callable[[str], Iterator[Tensor]], advance: Callable[[], None]) -> int:
+def _write_safetensors(
+    path: Path,
+    described: dict[str, tuple[tuple[int, ...], str]],
+    tensor_blocks: Callable[[str], Iterator[Tensor]],
+    advance: Callable[[], None],
+) -> int:
     """Write a safetensors file block by block: the header (every tensor's dtype, shape and byte
     range, known from ``described``) first, then each tensor's blocks in order, little-endian as
     the format requires. Returns the bytes of tensor data."""

@@ -26,7 +26,9 @@ def load_corpus(source: str, column: str = "text") -> list[str]:
     return texts
 
 
-def mine_pairs(model: Embedder, pairs: list[Pair], corpus: list[str], config: MiningConfig, batch_size: int) -> tuple[list[dict], dict[str, int]]:
+def mine_pairs(
+    model: Embedder, pairs: list[Pair], corpus: list[str], config: MiningConfig, batch_size: int
+) -> tuple[list[dict], dict[str, int]]:
     """One output row per pair (``query``, ``positive``, ``negatives``, ``positive_score``,
     ``negative_scores``) and the filters' counts. The positives join the embedded documents, so
     the positive-aware filter can compare each candidate with the query's own positive."""

@@ -24,8 +24,8 @@ from embedtune.data.sampler import ShuffledBatchSampler
 from embedtune.data.types import ScoredPairSet, TrainEvalData
 from embedtune.errors import ConfigError, DataError
 from embedtune.hub import check_upload
-from embedtune.losses.matryoshka import Matryoshka
 from embedtune.lora import apply_lora
+from embedtune.losses.matryoshka import Matryoshka
 from embedtune.model import Embedder, hub_id, load_embedder
 from embedtune.model_card import TrainingRecipe
 from embedtune.training import checkpoint, tracking
@@ -143,7 +143,9 @@ def build_data(cfg: DictConfig) -> TrainEvalData:
     """The data preset's pairs and held-out set; a prompt preset (prompt=qwen3, prompt=e5) fills
     the prompts the data does not set itself."""
     data: TrainEvalData = instantiate_group(cfg.data, "data")
-    return dataclasses.replace(data, query_prompt=data.query_prompt or cfg.prompt.query, document_prompt=data.document_prompt or cfg.prompt.document)
+    return dataclasses.replace(
+        data, query_prompt=data.query_prompt or cfg.prompt.query, document_prompt=data.document_prompt or cfg.prompt.document
+    )
 
 
 def build_model(cfg: DictConfig, data: TrainEvalData) -> Embedder:
@@ -172,7 +174,13 @@ def measure_lengths(cfg: DictConfig, data: TrainEvalData, model: Embedder) -> li
     can say how much ``max_length`` cuts."""
     source = data.train if data.stream is None else dataclasses.replace(data.stream, batch_size=256, seed=cfg.seed, batches_per_source={})
     pairs = sample_pairs(source, cfg.seed)
-    return measure(model.tokenizer, pairs, (data.query_prompt, data.document_prompt), (cfg.train.query_max_length, cfg.backbone.max_length), cfg.negatives.per_query)
+    return measure(
+        model.tokenizer,
+        pairs,
+        (data.query_prompt, data.document_prompt),
+        (cfg.train.query_max_length, cfg.backbone.max_length),
+        cfg.negatives.per_query,
+    )
 
 
 def build_loss(cfg: DictConfig, model: Embedder):

@@ -98,4 +98,6 @@ def load(accelerator, candidates: list[Path], warn) -> tuple[TrainerState, Path]
                 warn(f"the saved state {folder} is damaged ({reason}); trying the one before it")
             continue
         return state, folder
-    raise EmbedtuneError(f"no saved state could be loaded: {'; '.join(damaged)}. Remove the damaged folder(s), or start over with overwrite=true")
+    raise EmbedtuneError(
+        f"no saved state could be loaded: {'; '.join(damaged)}. Remove the damaged folder(s), or start over with overwrite=true"
+    )

@@ -142,7 +142,9 @@ def _check_same_shapes(queries: Tensor, documents: Tensor, info: BatchInfo) -> N
     """One tiny all_gather so a mismatch is a clear error on every rank instead of a hang or a
     garbled gather: same batch size, hard negatives, dim and optional columns everywhere."""
     optional = [getattr(info, name) is not None for name in ("labels", "scores", "teacher_scores")]
-    shape = torch.tensor([queries.shape[0], documents.shape[0], info.negatives_per_query, queries.shape[1], *optional], device=queries.device)
+    shape = torch.tensor(
+        [queries.shape[0], documents.shape[0], info.negatives_per_query, queries.shape[1], *optional], device=queries.device
+    )
     table = _all_gather(shape.unsqueeze(0))  # (world, 7)
     if not (table == table[0]).all():
         raise DataError(

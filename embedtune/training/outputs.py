@@ -7,7 +7,16 @@ import shutil
 from pathlib import Path
 
 # Everything a run writes there; a folder holding any of these holds a run.
-RUN_OUTPUTS = ("final", "eval.json", "train_log.jsonl", "eval_log.jsonl", "config.yaml", "state", "models", "embedtune")  # embedtune/: tracker files
+RUN_OUTPUTS = (
+    "final",
+    "eval.json",
+    "train_log.jsonl",
+    "eval_log.jsonl",
+    "config.yaml",
+    "state",
+    "models",
+    "embedtune",
+)  # embedtune/: tracker files
 
 
 def run_outputs(folder: Path) -> list[str]:

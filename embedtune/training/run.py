@@ -23,8 +23,8 @@ from embedtune.eval.tables import comparison_table
 from embedtune.eval.tasks import TASK_TITLES, task_of
 from embedtune.fileio import json_text, write_text_atomic
 from embedtune.hub import upload_model
-from embedtune.training import checkpoint
 from embedtune.model_card import CARD_FILE
+from embedtune.training import checkpoint
 from embedtune.training.build import TrainingSetup, build
 from embedtune.training.card import run_card
 from embedtune.training.checkpoint import TrainerState
@@ -85,7 +85,9 @@ def start_or_resume(setup: TrainingSetup, log: RunLog) -> TrainerState:
         log.eval_point(0, state.before)
         resumed_from = None
     else:
-        state, resumed_from = checkpoint.load(setup.accelerator, setup.resume_from, warn=lambda line: console.print(f"[bold yellow]warning:[/] {line}"))
+        state, resumed_from = checkpoint.load(
+            setup.accelerator, setup.resume_from, warn=lambda line: console.print(f"[bold yellow]warning:[/] {line}")
+        )
         if setup.sampler is None:  # a stream: each item is one global batch
             setup.loader.dataset.start_batch = state.batches_in_epoch
         else:
@@ -98,7 +100,12 @@ def start_or_resume(setup: TrainingSetup, log: RunLog) -> TrainerState:
         console.print(describe(setup) + (f" (resumed at step {state.step} from {resumed_from})" if resumed_from else ""))
         for lengths in setup.lengths:
             much = lengths.cut_texts > MUCH_CUT
-            console.print(("[bold yellow]warning:[/] " if much else "") + lengths.describe() + (f"; raise {lengths.option} to see more of them" if much else ""), highlight=False)
+            console.print(
+                ("[bold yellow]warning:[/] " if much else "")
+                + lengths.describe()
+                + (f"; raise {lengths.option} to see more of them" if much else ""),
+                highlight=False,
+            )
     return state
 
 
@@ -167,7 +174,12 @@ def finish(setup: TrainingSetup, state: TrainerState, log: RunLog) -> dict:
         stdout.print(comparison_table(f"held-out {TASK_TITLES[task_of(after)]}: {setup.data.eval.name}", state.before, after))
         console.print(f"model saved to [bold]{final}[/]")
     if setup.is_main and setup.hub_repo_id:
-        url = upload_model(final, setup.hub_repo_id, setup.hub_private, f"embedtune: {setup.card.loss_name} fine-tune of {setup.card.base_model}, {total_steps} steps")
+        url = upload_model(
+            final,
+            setup.hub_repo_id,
+            setup.hub_private,
+            f"embedtune: {setup.card.loss_name} fine-tune of {setup.card.base_model}, {total_steps} steps",
+        )
         console.print(f"uploaded to [bold]{url}[/]")
     return result
 

@@ -37,7 +37,9 @@ def train_step(setup: TrainingSetup, batch: dict, state: TrainerState) -> MicroS
     with accelerator.accumulate(model):
         if settings.gradcache:
             no_sync = lambda: accelerator.no_sync(model)  # noqa: E731
-            loss, queries, documents = gradcache_step(model, batch, setup.loss_fn, loss_params, settings.mini_batch_size, accelerator.backward, no_sync)
+            loss, queries, documents = gradcache_step(
+                model, batch, setup.loss_fn, loss_params, settings.mini_batch_size, accelerator.backward, no_sync
+            )
         else:
             queries = model(batch["queries"])  # (batch, dim)
             documents = model(batch["documents"])  # (batch * (1 + k), dim)
@@ -47,7 +49,9 @@ def train_step(setup: TrainingSetup, batch: dict, state: TrainerState) -> MicroS
         if accelerator.sync_gradients:
             names, norms = gradient_norms(model)  # before clipping, which spreads one NaN to every gradient
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm))
-            finite = math.isfinite(loss.item()) and (math.isfinite(grad_norm) or settings.mixed_precision == "fp16")  # fp16: the grad scaler skips inf steps itself
+            finite = math.isfinite(loss.item()) and (
+                math.isfinite(grad_norm) or settings.mixed_precision == "fp16"
+            )  # fp16: the grad scaler skips inf steps itself
             if finite:
                 state.nonfinite_in_a_row = 0
             else:
@@ -66,7 +70,9 @@ def handle_nonfinite(settings: Settings, state: TrainerState, loss: float, grad_
     Nothing non-finite is ever saved."""
     where = f"step {state.step + 1}: non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} (loss {loss}, gradient norm {grad_norm}; {gradients})"
     if settings.on_nonfinite == "stop":
-        raise EmbedtuneError(f"{where}; stopped before updating the weights. Lower train.lr, check the data, or set train.on_nonfinite=skip")
+        raise EmbedtuneError(
+            f"{where}; stopped before updating the weights. Lower train.lr, check the data, or set train.on_nonfinite=skip"
+        )
     state.skipped_nonfinite += 1
     state.nonfinite_in_a_row += 1
     if state.nonfinite_in_a_row >= settings.max_nonfinite_in_a_row:

@@ -48,4 +48,8 @@ def hyperparameters(cfg: DictConfig) -> dict[str, bool | int | float | str]:
 def scalars(record: dict, prefix: str = "") -> dict[str, float]:
     """The numeric entries of a log record or metrics dict, named for the tracker
     (``train/loss``, ``eval/ndcg@10``); the step is passed separately."""
-    return {f"{prefix}{key}": value for key, value in record.items() if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {
+        f"{prefix}{key}": value
+        for key, value in record.items()
+        if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
