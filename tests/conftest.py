@@ -12,6 +12,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The tiny random decoders' shape (grouped-query attention, like Qwen3 and Llama): 2 layers, 32 dims.
+TINY_DECODER_SHAPE = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+    max_position_embeddings=512,
+)
 
 
 def minilm_path() -> str:
@@ -106,16 +116,7 @@ def tiny_qwen3_dir(tmp_path_factory) -> Path:
     )
     tokenizer.train_from_iterator(DECODER_CORPUS, trainer)
     vocab_size = _save_tokenizer(tokenizer, folder, eos_token="<|endoftext|>", pad_token="<|endoftext|>", tokenizer_class="Qwen2Tokenizer")
-    config = Qwen3Config(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
+    config = Qwen3Config(vocab_size=vocab_size, **TINY_DECODER_SHAPE)
     torch.manual_seed(0)
     Qwen3Model(config).save_pretrained(folder)
     return folder
@@ -149,16 +150,7 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
         add_eos_token=False,
         padding_side="left",
     )
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
+    config = LlamaConfig(vocab_size=vocab_size, **TINY_DECODER_SHAPE)
     torch.manual_seed(0)
     LlamaModel(config).save_pretrained(folder)
     return folder
