@@ -170,10 +170,15 @@ def build_model(cfg: DictConfig, data: TrainEvalData) -> Embedder:
 
 
 def measure_lengths(cfg: DictConfig, data: TrainEvalData, model: Embedder) -> list[Lengths]:
-    """Token lengths of a sample of the training pairs (a stream: its first pairs), so the run
-    can say how much ``max_length`` cuts."""
-    source = data.train if data.stream is None else dataclasses.replace(data.stream, batch_size=256, seed=cfg.seed, batches_per_source={})
-    pairs = sample_pairs(source, cfg.seed)
+    """Token lengths of a sample of the training pairs (a stream: its first pairs, in the batches
+    training will draw), so the run can say how much ``max_length`` cuts."""
+    if data.stream is None:
+        pairs = sample_pairs(data.train, cfg.seed)
+    else:  # a copy drawing the batches training will draw; its batch counts are its own
+        copy = dataclasses.replace(
+            data.stream, batch_size=cfg.batch.size, seed=cfg.seed, negatives_per_query=cfg.negatives.per_query, batches_per_source={}
+        )
+        pairs = sample_pairs(copy, cfg.seed)
     return measure(
         model.tokenizer,
         pairs,
