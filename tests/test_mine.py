@@ -1,9 +1,13 @@
 """Hard-negative mining: every filter removes exactly the candidates it must, on a hand-made
-corpus whose cosine scores are set by hand; then the command end to end on a tiny model."""
+corpus whose cosine scores are set by hand, whatever ranked the candidates; BM25 against its
+formula and reciprocal rank fusion against its own; then the command end to end on a tiny model."""
 
 import json
 import math
+import os
+import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import embedtune
@@ -13,6 +17,7 @@ from embedtune.errors import EmbedtuneError
 from embedtune.eval.retrieval import rank
 from embedtune.mine.negatives import COUNTS, MiningConfig, mine_negatives, search
 from embedtune.mine.pairs import load_corpus
+from embedtune.mine.rankings import best_indices, bm25_rankings, reciprocal_rank_fusion, require_bm25s
 
 
 def unit(score: float) -> list[float]:
@@ -30,14 +35,16 @@ TEXTS = [text for text, _ in CORPUS]
 QUERY = torch.tensor([[1.0, 0.0]])
 
 
-def mine(positives=("b", "pos"), positive_score=0.80, **options):
+def mine(positives=("b", "pos"), positive_score=0.80, ranking=None, **options):
     """Mine for the one query against the corpus stored in a shuffled order (so that ranking,
-    not storage order, decides), and return the chosen texts and the counts."""
+    not storage order, decides), and return the chosen texts and the counts. ``ranking`` (positions
+    in CORPUS, best first) stands for a BM25 or fused ranking; None: the cosine search ranks."""
     order = [5, 0, 9, 3, 7, 10, 1, 4, 8, 2, 6]  # a permutation; the two "g" keep their relative order
     corpus = torch.tensor([unit(CORPUS[i][1]) for i in order])
     texts = [TEXTS[i] for i in order]
     config = MiningConfig(**{"num_negatives": 10, **options})
-    mined, counts = mine_negatives(QUERY, torch.tensor([unit(positive_score)]), corpus, texts, [set(positives)], config)
+    rankings = None if ranking is None else [[order.index(i) for i in ranking]]
+    mined, counts = mine_negatives(QUERY, torch.tensor([unit(positive_score)]), corpus, texts, [set(positives)], config, rankings)
     return [texts[i] for i in mined[0].indices], counts, mined[0]
 
 
@@ -123,6 +130,30 @@ def test_top_sampling_takes_the_best_and_random_sampling_a_seeded_subset_in_rank
     assert mine(num_negatives=3, sampling="random")[1] == mine(num_negatives=3)[1]  # counts do not depend on sampling
 
 
+BY_COSINE = list(range(len(CORPUS)))  # CORPUS is listed in cosine order
+REVERSED = BY_COSINE[::-1]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"max_score": 0.92}, {"margin": 0.05}, {"relative_margin": 0.1}, {"margin": -math.inf}, {"range_min": 3, "range_max": 9}],
+)
+def test_a_given_ranking_in_cosine_order_mines_exactly_what_the_cosine_search_does(options):
+    assert mine(ranking=BY_COSINE, **options) == mine(**options)
+
+
+def test_a_given_ranking_picks_the_window_and_the_order_while_the_filters_still_judge_by_cosine():
+    chosen, counts, result = mine(ranking=REVERSED)
+    assert chosen == ["i", "h", "g", "f", "e", "d"]  # the same survivors as by cosine, in the ranking's order
+    assert counts == mine()[1]
+    assert result.scores == pytest.approx([0.40, 0.50, 0.60, 0.70, 0.74, 0.78])  # cosines, not ranks
+    chosen, counts, _ = mine(ranking=REVERSED, range_min=1, range_max=9, margin=0.05)  # h, g, g, f, e, d, pos, c
+    assert chosen == ["h", "g", "f", "e"]
+    assert removed(counts) == {"exact_positive": 1, "above_positive_margin": 2, "duplicate": 1}  # pos | d (0.78), c
+    assert mine(ranking=[9, 2, 3])[0] == ["h"]  # a ranking may list fewer documents than the corpus holds
+    assert mine(ranking=[])[1]["candidates"] == 0
+
+
 def test_chunked_queries_give_the_same_result():
     torch.manual_seed(0)
     queries, corpus = torch.nn.functional.normalize(torch.randn(9, 8), dim=1), torch.nn.functional.normalize(torch.randn(40, 8), dim=1)
@@ -172,6 +203,73 @@ def test_faiss_and_torch_search_agree():
     assert torch.equal(with_faiss[0], with_torch[0])
     assert torch.allclose(with_faiss[1], with_torch[1], atol=1e-5)
     assert with_torch[0][0, :2].tolist() == [3, 7]
+
+
+# --- BM25 and reciprocal rank fusion -----------------------------------------------------------
+
+# No English stop word and no one-letter word, so that the words below are exactly BM25's terms.
+BM25_CORPUS = [
+    "protein folding kinetics",
+    "protein protein interaction networks",
+    "folding paper cranes",
+    "enzyme kinetics measured across living cells",
+    "gene expression networks cells",
+    "protein folding kinetics",  # a copy of document 0: the same score, ranked after it
+]
+
+
+def bm25_by_hand(query: str, corpus: list[str], k1: float = 1.5, b: float = 0.75) -> np.ndarray:
+    """The Lucene variant of BM25 that bm25s documents, term by term:
+    sum_t log(1 + (N - df + 0.5) / (df + 0.5)) * tf / (tf + k1 * (1 - b + b * len / avg_len))."""
+    documents = [text.split() for text in corpus]
+    average_length = np.mean([len(words) for words in documents])
+    scores = np.zeros(len(documents))
+    for term in set(query.split()):
+        df = sum(term in words for words in documents)
+        idf = math.log(1 + (len(documents) - df + 0.5) / (df + 0.5))
+        for d, words in enumerate(documents):
+            tf = words.count(term)
+            scores[d] += idf * tf / (tf + k1 * (1 - b + b * len(words) / average_length))
+    return scores
+
+
+def test_bm25_ranks_as_its_formula_computed_by_hand():
+    pytest.importorskip("bm25s")
+    queries = ["protein folding", "cells networks", "enzyme", "paper", "unknown words only"]
+    rankings = bm25_rankings(queries, BM25_CORPUS, top_k=10)
+    for query, ranking in zip(queries, rankings):
+        scores = bm25_by_hand(query, BM25_CORPUS)
+        expected = [int(d) for d in np.lexsort((np.arange(len(scores)), -scores)) if scores[d] > 0]
+        assert ranking == expected, query
+    assert rankings[0] == [0, 5, 1, 2]  # one of each word beats "protein" twice: term frequency saturates
+    assert rankings[3:] == [[2], []]  # documents with no word of the query are not ranked
+    assert bm25_rankings(queries[:1], BM25_CORPUS, top_k=2) == [[0, 5]]  # the cut keeps ties in index order
+    assert bm25_rankings(["The PROTEIN, of the cells!"], BM25_CORPUS, top_k=10) == bm25_rankings(
+        ["protein cells"], BM25_CORPUS, top_k=10
+    )  # lowercased, stop words out
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3, 4, 5, 6, 9])
+def test_best_indices_keeps_ties_in_index_order_across_the_cut(top_k):
+    scores = np.array([0.5, 2.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.5])
+    assert best_indices(scores, top_k) == [1, 3, 6, 2, 5, 0, 7][:top_k]  # never the zero score
+
+
+def test_reciprocal_rank_fusion_follows_its_formula():
+    by_cosine, by_words = [0, 1, 2, 3], [3, 2, 5]
+    fused = {0: 1 / 61, 1: 1 / 62, 2: 1 / 63 + 1 / 62, 3: 1 / 64 + 1 / 61, 5: 1 / 63}  # sum of 1 / (60 + rank), ranks from 1
+    assert reciprocal_rank_fusion([by_cosine, by_words]) == sorted(fused, key=fused.get, reverse=True) == [3, 2, 0, 1, 5]
+    first, second = [0, 1, 2, 3, 4], [5, 1, 6, 7, 0]  # 0 at ranks 1 and 5, 1 at ranks 2 and 2
+    assert reciprocal_rank_fusion([first, second]) == [1, 0, 5, 2, 6, 3, 7, 4]  # 2/62 > 1/61 + 1/65; then ties by index
+    assert reciprocal_rank_fusion([first, second], k=0) == [0, 1, 5, 2, 6, 3, 7, 4]  # 1 + 1/5 > 2/2: k is what flattens the top
+    assert reciprocal_rank_fusion([[4, 7], [7, 4]]) == [4, 7]  # equal sums: ties by index
+    assert reciprocal_rank_fusion([[2, 0], []]) == [2, 0]
+
+
+def test_a_missing_bm25s_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bm25s", None)  # `import bm25s` now raises ImportError
+    with pytest.raises(EmbedtuneError, match=r"need the bm25s package .*: pip install 'embedtune\[bm25\]'"):
+        require_bm25s()
 
 
 def test_load_corpus_joins_beir_titles_and_reads_other_columns(tmp_path):
@@ -253,3 +351,45 @@ def test_mine_command_errors_are_one_line(tiny_bert_dir, pairs_file, tmp_path, a
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("embedtune mine: error: ") and message in result.stderr
     assert not (tmp_path / "mined.jsonl").exists()
+
+
+@pytest.mark.parametrize("method", ["bm25", "hybrid"])
+def test_mine_command_ranks_by_bm25_or_the_fusion_and_scores_by_cosine(tiny_bert_dir, pairs_file, tmp_path, method):
+    pytest.importorskip("bm25s")
+    from embedtune.model import load_embedder
+
+    out = tmp_path / "mined.jsonl"
+    args = ["--model", str(tiny_bert_dir), "--data", str(pairs_file), "--out", str(out), "--method", method]
+    result = embedtune("mine", *args, "--num-negatives", "2", "--range-max", "4", "--margin=-inf")
+    assert result.returncode == 0, result.stderr
+    assert f"candidates (ranks 0-3 by {method})" in result.stdout and "removed: a positive of the query" in result.stdout
+    pairs = load_pairs(str(pairs_file))
+    corpus = list(dict.fromkeys(pair.positive for pair in pairs))
+    queries = list(dict.fromkeys(pair.query for pair in pairs))
+    model = load_embedder(str(tiny_bert_dir))
+    query_embeddings, corpus_embeddings = model.encode(queries, "query", 8), model.encode(corpus, "document", 8)
+    by_words = dict(zip(queries, bm25_rankings(queries, corpus, 4)))
+    by_cosine = dict(zip(queries, rank(query_embeddings, corpus_embeddings, 4).tolist()))
+    for row in (json.loads(line) for line in out.read_text().splitlines()):
+        if method == "bm25":
+            ranking = by_words[row["query"]]
+        else:
+            ranking = reciprocal_rank_fusion([by_cosine[row["query"]], by_words[row["query"]]])[:4]
+        expected = [corpus[i] for i in ranking if corpus[i] not in {p.positive for p in pairs if p.query == row["query"]}][:2]
+        assert row["negatives"] == expected
+        cosines = corpus_embeddings[[corpus.index(text) for text in row["negatives"]]] @ query_embeddings[queries.index(row["query"])]
+        assert row["negative_scores"] == pytest.approx(cosines.tolist(), abs=1e-4)  # the model's cosines, not BM25's
+
+
+def test_mine_command_without_bm25s_says_how_to_install_it_before_loading_anything(tmp_path, monkeypatch):
+    fake = tmp_path / "site" / "bm25s"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'bm25s'\")\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")])))
+    out = tmp_path / "mined.jsonl"
+    result = embedtune(
+        "mine", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "no-data.jsonl"), "--out", str(out), "--method", "bm25"
+    )
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.startswith("embedtune mine: error: --method bm25 and hybrid need the bm25s package")
+    assert "pip install 'embedtune[bm25]'" in result.stderr and not out.exists()

@@ -33,8 +33,8 @@ MINING_OPTIONS = (
 def parse_args(args: list[str]) -> argparse.Namespace:
     parser = command_parser(
         "mine",
-        "Mine hard negatives for each (query, positive) pair with a model: exact cosine search over a corpus, "
-        "candidates from a rank window, false negatives filtered (the query's positives, a score cap, anything scoring "
+        "Mine hard negatives for each (query, positive) pair with a model: exact cosine search over a corpus "
+        "(or BM25, or both fused), candidates from a rank window, false negatives filtered (the query's positives, a score cap, anything scoring "
         "near or above the positive), then the best or a random sample kept. Writes jsonl for `embedtune train data=files`.",
         "Example: embedtune mine --model runs/sft/final --data train.jsonl --corpus beir/scifact/corpus.jsonl "
         "--range-min 5 --relative-margin 0.05 --out train-mined.jsonl",
@@ -49,6 +49,13 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--query-column", default="query")
     parser.add_argument("--positive-column", default="positive")
     parser.add_argument("--corpus-column", default="text")
+    parser.add_argument(
+        "--method",
+        choices=("dense", "bm25", "hybrid"),
+        default="dense",
+        help="what ranks the candidates: the model's cosine, BM25 (pip install 'embedtune[bm25]'), or both by reciprocal rank "
+        "fusion; the filters use the model's cosines for all (default: dense)",
+    )
     parser.add_argument("--num-negatives", type=int, default=7, help="negatives per query (default: 7)")
     parser.add_argument("--range-min", type=int, default=0, help="first rank a negative may come from (default: 0 = the best)")
     parser.add_argument("--range-max", type=int, default=100, help="rank after the last one a negative may come from (default: 100)")
@@ -76,6 +83,13 @@ def main(args: list[str]) -> None:
     if Path(options.out).suffix.lower() not in OUTPUT_SUFFIXES:
         fail("mine", f"--out must be a .jsonl file, got {options.out}")
     check_outputs("mine", [("--out", options.out, False)], options.overwrite, (options.data, options.corpus))
+    if options.method != "dense":
+        from embedtune.mine.rankings import require_bm25s
+
+        try:
+            require_bm25s()
+        except EmbedtuneError as error:
+            fail("mine", str(error))
 
     from embedtune.data.rows import Columns, load_pairs
     from embedtune.fileio import write_text_atomic
@@ -92,7 +106,7 @@ def main(args: list[str]) -> None:
     except EmbedtuneError as error:
         fail("mine", str(error))
     loaded = time.perf_counter()
-    rows, counts = mine_pairs(model, pairs, corpus, config, options.batch_size)
+    rows, counts = mine_pairs(model, pairs, corpus, config, options.batch_size, options.method)
     short = sum(len(row["negatives"]) < config.num_negatives for row in rows)
     if options.drop_short:
         rows = [row for row in rows if len(row["negatives"]) >= config.num_negatives]
@@ -114,7 +128,7 @@ def _report(options, config, queries: int, documents: int, rows: list[dict], cou
     table = Table(title=f"hard negatives: {queries} queries, {documents} documents -> {options.out}")
     table.add_column("")
     table.add_column("count", justify="right")
-    table.add_row(f"candidates (ranks {config.range_min}-{config.range_max - 1})", str(counts["candidates"]))
+    table.add_row(f"candidates (ranks {config.range_min}-{config.range_max - 1} by {options.method})", str(counts["candidates"]))
     table.add_row("  removed: a positive of the query", str(counts["exact_positive"]))
     table.add_row("  removed: score > --max-score", str(counts["above_max_score"]))
     table.add_row("  removed: score > positive - margin", str(counts["above_positive_margin"]))

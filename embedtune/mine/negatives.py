@@ -10,8 +10,9 @@ finds *positive-aware* filters best: drop every candidate that scores above the 
 positive minus a margin (TopK-MarginPos) or above a share of it (TopK-PercPos, 95%), rather than
 only skipping the top ranks (a fixed rank window) or capping the raw score.
 
-`mine_negatives` applies, to the candidates in a rank window of an exact cosine search, these
-filters in order, counting what each removes:
+`mine_negatives` applies, to the candidates in a rank window of a ranking (by default the exact
+cosine search; or one from `embedtune.mine.rankings`, e.g. BM25), these filters in order, on the
+model's cosines whatever ranked the candidates, counting what each removes:
 
 1. exact positives: any document whose text is a positive of the query (its own, or that of
    another row with the same query text);
@@ -26,7 +27,7 @@ The survivors are taken best first or sampled at random, ``num_negatives`` per q
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,6 +135,23 @@ def search(
         yield torch.from_numpy(np.take_along_axis(indices, order, 1)), torch.from_numpy(np.take_along_axis(scores, order, 1))
 
 
+def dense_candidates(query_embeddings: Tensor, corpus_embeddings: Tensor, config: MiningConfig) -> Iterator[tuple[list[int], list[float]]]:
+    """Per query, the rank window of the exact cosine search: ``(corpus indices, cosines)``, best first."""
+    window = slice(config.range_min, None)  # search stops at range_max
+    for indices, scores in search(query_embeddings, corpus_embeddings, config.range_max, config.chunk_size):
+        yield from zip(indices[:, window].tolist(), scores[:, window].tolist())
+
+
+def ranked_candidates(
+    query_embeddings: Tensor, corpus_embeddings: Tensor, rankings: Iterable[Sequence[int]], config: MiningConfig
+) -> Iterator[tuple[list[int], list[float]]]:
+    """Per query, the rank window of a given ranking (corpus indices, best first) and the
+    candidates' cosines with the query, which the filters compare with the positive's."""
+    for query, ranking in zip(query_embeddings, rankings, strict=True):
+        candidates = list(ranking[config.range_min : config.range_max])
+        yield candidates, (corpus_embeddings[candidates] @ query).tolist()
+
+
 def mine_negatives(
     query_embeddings: Tensor,
     positive_embeddings: Tensor,
@@ -141,6 +159,7 @@ def mine_negatives(
     corpus_texts: Sequence[str],
     positives: Sequence[Collection[str]],
     config: MiningConfig = MiningConfig(),
+    rankings: Sequence[Sequence[int]] | None = None,
 ) -> tuple[list[Mined], dict[str, int]]:
     """Mine up to ``config.num_negatives`` hard negatives per query.
 
@@ -151,6 +170,9 @@ def mine_negatives(
         corpus_embeddings: (corpus, dim) candidates, in the order of ``corpus_texts``.
         corpus_texts: the candidates' texts, by which exact positives and duplicates are found.
         positives: per query, every positive text of that query (never a negative for it).
+        rankings: per query, corpus indices best first (BM25's, a fusion's), of which the window
+            ``[range_min, range_max)`` is taken; None: the exact cosine search ranks. The filters
+            and the scores written are the model's cosines either way.
 
     Returns:
         one `Mined` per query, and the candidate counts named in `COUNTS`: all window
@@ -161,9 +183,10 @@ def mine_negatives(
     positive_scores = (query_embeddings * positive_embeddings).sum(dim=1).tolist()
     counts = dict.fromkeys(COUNTS, 0)
     mined = []
-    chunks = search(query_embeddings, corpus_embeddings, config.range_max, config.chunk_size)
-    window = slice(config.range_min, None)  # search stops at range_max
-    ranked = (row for indices, scores in chunks for row in zip(indices[:, window].tolist(), scores[:, window].tolist()))
+    if rankings is None:
+        ranked = dense_candidates(query_embeddings, corpus_embeddings, config)
+    else:
+        ranked = ranked_candidates(query_embeddings, corpus_embeddings, rankings, config)
     for (candidates, scores), positive_score, own_positives in zip(ranked, positive_scores, positives):
         ceiling = config.ceiling(positive_score)
         kept, seen = [], set()
