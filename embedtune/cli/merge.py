@@ -3,6 +3,7 @@ linear interpolation, TIES, DARE or Model Stock."""
 
 from __future__ import annotations
 
+import argparse
 import resource
 import sys
 import time
@@ -29,37 +30,23 @@ EXAMPLES = """examples:
 """
 
 
-def main(args: list[str]) -> None:
+# The merge methods, each a flag: method -> what it does.
+METHOD_FLAGS = {
+    "slerp": "spherical interpolation of each tensor's direction (with --base: of each task vector's), norms interpolated "
+    "linearly; 3+ checkpoints: their spherical mean",
+    "linear": "the weighted average of the weights (with --base and --sparsify: of the sparsified task vectors)",
+    "ties": "TIES-Merging (needs --base): trim each task vector to its top --density magnitudes, elect each entry's sign by "
+    "total mass, average the agreeing entries",
+    "model_stock": "Model Stock (needs --base): the average task vector, scaled per tensor by a ratio from the angle between "
+    "the task vectors",
+}
+
+
+def parse_args(args: list[str]) -> argparse.Namespace:
     parser = command_parser("merge", DESCRIPTION, EXAMPLES)
     method = parser.add_mutually_exclusive_group(required=True)
-    method.add_argument(
-        "--slerp",
-        dest="method",
-        action="store_const",
-        const="slerp",
-        help="spherical interpolation of each tensor's direction (with --base: of each task vector's), norms interpolated linearly; 3+ checkpoints: their spherical mean",
-    )
-    method.add_argument(
-        "--linear",
-        dest="method",
-        action="store_const",
-        const="linear",
-        help="the weighted average of the weights (with --base and --sparsify: of the sparsified task vectors)",
-    )
-    method.add_argument(
-        "--ties",
-        dest="method",
-        action="store_const",
-        const="ties",
-        help="TIES-Merging (needs --base): trim each task vector to its top --density magnitudes, elect each entry's sign by total mass, average the agreeing entries",
-    )
-    method.add_argument(
-        "--model-stock",
-        dest="method",
-        action="store_const",
-        const="model_stock",
-        help="Model Stock (needs --base): the average task vector, scaled per tensor by a ratio from the angle between the task vectors",
-    )
+    for name, what in METHOD_FLAGS.items():
+        method.add_argument(f"--{name.replace('_', '-')}", dest="method", action="store_const", const=name, help=what)
     parser.add_argument(
         "checkpoints",
         nargs="+",
@@ -97,7 +84,11 @@ def main(args: list[str]) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="the seed of --sparsify dare's random drop (default 0)")
     add_overwrite_flag(parser)
-    options = parser.parse_args(args)
+    return parser.parse_args(args)
+
+
+def main(args: list[str]) -> None:
+    options = parse_args(args)
     layer_t = _parse_layer_t(options.layer_t)
 
     from embedtune.console import console

@@ -109,8 +109,6 @@ def _short(value: str) -> str:
 def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
     """The sweep's runs as a table sorted by its headline metric (the first of SWEEP_METRICS its runs have) after training, the best named; the
     metric against the swept value; all runs' training curves on the same axes."""
-    from rich.table import Table
-
     from embedtune.console import stdout
 
     runs = []
@@ -130,25 +128,7 @@ def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
         if len({run["overrides"].get(key) for run in runs}) > 1
     ] or list(runs[0]["overrides"])
 
-    table = Table(title=f"sweep: {sweep_dir} ({len(runs)} runs, best first)")
-    table.add_column("run")
-    for key in swept:
-        table.add_column(key, justify="right")
-    metrics = [headline, *(m for m in SWEEP_ALSO_SHOWN if m in scored[0]["after"])]
-    for metric in metrics:
-        table.add_column(metric, justify="right")
-    table.add_column("change", justify="right")  # of the headline metric, from the base model
-    table.add_column("loss", justify="right")  # the last logged
-    for run in runs:
-        change = run["after"][headline] - run["before"][headline] if headline in run["after"] and headline in run["before"] else None
-        table.add_row(
-            run["folder"].name.split("_", 1)[0] if SWEEP_RUN.match(run["folder"].name) else run["folder"].name,
-            *(_short(run["overrides"].get(key, "")) for key in swept),
-            *(f"{run['after'][m]:.4f}" if m in run["after"] else "-" for m in metrics),
-            f"{change:+.4f}" if change is not None else "-",
-            next((f"{record['loss']:.4f}" for record in reversed(run["log"]) if "loss" in record), "-"),
-        )
-    stdout.print(table)
+    stdout.print(_sweep_table(sweep_dir, runs, swept, headline, [headline, *(m for m in SWEEP_ALSO_SHOWN if m in scored[0]["after"])]))
     best = scored[0]
     print(f"best: {best['folder'].name} ({headline} {best['after'][headline]:.4f})")
     if (sweep_dir / OPTUNA_RESULTS).is_file():  # a searched sweep: what Optuna itself concluded
@@ -167,3 +147,28 @@ def _report_sweep(sweep_dir: Path, out_dir: Path) -> list[Path]:
     if logs:
         written.append(plots.training_curves(logs, out_dir / "training_curves.png", f"training: {sweep_dir}"))
     return written
+
+
+def _sweep_table(sweep_dir: Path, runs: list[dict], swept: list[str], headline: str, metrics: list[str]):
+    """The sweep's runs, best first: the swept values, the metrics, the headline's change from
+    the base model and the last logged loss."""
+    from rich.table import Table
+
+    table = Table(title=f"sweep: {sweep_dir} ({len(runs)} runs, best first)")
+    table.add_column("run")
+    for key in swept:
+        table.add_column(key, justify="right")
+    for metric in metrics:
+        table.add_column(metric, justify="right")
+    table.add_column("change", justify="right")  # of the headline metric, from the base model
+    table.add_column("loss", justify="right")  # the last logged
+    for run in runs:
+        change = run["after"][headline] - run["before"][headline] if headline in run["after"] and headline in run["before"] else None
+        table.add_row(
+            run["folder"].name.split("_", 1)[0] if SWEEP_RUN.match(run["folder"].name) else run["folder"].name,
+            *(_short(run["overrides"].get(key, "")) for key in swept),
+            *(f"{run['after'][m]:.4f}" if m in run["after"] else "-" for m in metrics),
+            f"{change:+.4f}" if change is not None else "-",
+            next((f"{record['loss']:.4f}" for record in reversed(run["log"]) if "loss" in record), "-"),
+        )
+    return table
