@@ -162,3 +162,12 @@ def test_importing_library_modules_leaves_the_environment_alone():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1]) == []
+
+
+def test_help_loads_no_heavy_package():
+    """`embedtune --help` and a mistyped command answer at once: the command table imports a
+    command's module (and torch, transformers, hydra) only when that command runs."""
+    code = "import sys\nfrom embedtune.cli import main\nmain(['--help'])\nprint(sorted(m for m in ('torch', 'transformers', 'hydra', 'accelerate') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
