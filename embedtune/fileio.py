@@ -23,13 +23,11 @@ from typing import Any
 from embedtune.errors import DataError, EmbedtuneError
 
 
-def check_output(
-    path: str | Path, option: str, *, folder: bool, overwrite: bool, inputs: tuple = (), replace_with: str = "--overwrite"
-) -> Path:
+def check_output(path: str | Path, option: str, *, folder: bool, overwrite: bool, inputs: tuple = ()) -> Path:
     """``path`` as a `Path`, or an `EmbedtuneError` naming ``option`` when writing there would
-    fail or lose something: it is one of ``inputs``; it exists and ``overwrite`` is false (the
-    message says to pass ``replace_with``); it is a file where a folder goes or the reverse; the
-    nearest existing folder above it is a file or not writable."""
+    fail or lose something: it is one of ``inputs``; it exists and ``overwrite`` is false; it is
+    a file where a folder goes or the reverse; the nearest existing folder above it is a file or
+    not writable."""
     target = Path(path)
     for source in inputs:
         if source and _same_path(target, Path(source)):
@@ -40,7 +38,7 @@ def check_output(
         if not folder and target.is_dir():
             raise EmbedtuneError(f"{option} {target} is a folder, expected a file")
         if not overwrite:
-            raise EmbedtuneError(f"{option} {target} exists; pass {replace_with} to replace it")
+            raise EmbedtuneError(f"{option} {target} exists; pass --overwrite to replace it")
     above = target.absolute().parent
     while not above.exists():
         above = above.parent
