@@ -190,11 +190,10 @@ def prepare(options: argparse.Namespace) -> Plan:
         split = ["data", "--beir", str(scifact), "--split", "train", "--eval-fraction", "0.3", "--out", str(work / "data")]
         corpus = scifact / "corpus.jsonl"
     else:
-        split = ["data", "--out", str(work / "data")]
+        split = ["data", "--out", str(work / "data"), "--max-train-pairs", "1024", "--max-eval-queries", "300"]  # the default job's sizes
         corpus = work / "data" / "train.jsonl"  # mining searches the training documents
-    if options.pretrain == "weak":
-        pretrain = ["data=weak", f"data.train={scifact / 'corpus.jsonl' if options.data == 'scifact' else corpus}",
-                    "data.kinds=[title_body,first_sentence_rest]"]  # fmt: skip
+    if options.pretrain == "weak":  # the stdlib has no corpus apart from its pairs: pass a pairs file there
+        pretrain = ["data=weak", f"data.train={corpus}", "data.kinds=[title_body,first_sentence_rest]"]
     else:
         pretrain = ["data=files", f"data.train={options.pretrain}"]
     pretrain += [f"train.max_steps={options.pretrain_steps}", f"train.lr={options.pretrain_lr}"]
@@ -221,6 +220,8 @@ def main() -> None:
     parser.add_argument("--sts", type=Path, default=None, help="an STS file to score the first seed of every arm on (e.g. STS-B dev)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="the shared data (default: ../shared/data)")
     options = parser.parse_args()
+    if options.data == "stdlib" and "pretrain" in options.arms and options.pretrain == "weak":
+        parser.error("--data stdlib: weak pairs need a corpus; pass --pretrain PAIRS_FILE or leave out the pretrain arm")
     plan = prepare(options)
     for arm in options.arms:
         if arm == "base":

@@ -342,6 +342,7 @@ def test_mine_command_with_a_beir_corpus_and_filters(tiny_bert_dir, pairs_file, 
         (["--range-min", "5", "--range-max", "5"], "need 0 <= --range-min < --range-max, got 5 and 5"),
         (["--out", "mined.csv"], "--out must be a .jsonl file"),
         (["--corpus", "missing.jsonl"], "missing.jsonl: no such file"),
+        (["--max-length", "0"], "--max-length must be >= 1, got 0"),
     ],
 )
 def test_mine_command_errors_are_one_line(tiny_bert_dir, pairs_file, tmp_path, args, message):
@@ -351,6 +352,22 @@ def test_mine_command_errors_are_one_line(tiny_bert_dir, pairs_file, tmp_path, a
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("embedtune mine: error: ") and message in result.stderr
     assert not (tmp_path / "mined.jsonl").exists()
+
+
+def test_mine_command_max_length_is_the_model_cut_at_that_many_tokens(tiny_bert_dir, pairs_file, tmp_path):
+    """--max-length 4 scores texts as a model loaded with max_length=4 embeds them (not the saved length)."""
+    from embedtune.model import load_embedder
+
+    out = tmp_path / "mined.jsonl"
+    args = ["--model", str(tiny_bert_dir), "--data", str(pairs_file), "--out", str(out), "--num-negatives", "1", "--margin=-inf"]
+    assert embedtune("mine", *args, "--max-length", "4").returncode == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for max_length in (4, None):
+        model = load_embedder(str(tiny_bert_dir), max_length=max_length)
+        queries, positives = (model.encode([row[column] for row in rows]) for column in ("query", "positive"))
+        cosines = (queries * positives).sum(-1).tolist()
+        matches = all(abs(row["positive_score"] - cosine) < 1e-5 for row, cosine in zip(rows, cosines))
+        assert matches == (max_length == 4)
 
 
 @pytest.mark.parametrize("method", ["bm25", "hybrid"])

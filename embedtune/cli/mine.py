@@ -72,6 +72,9 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--drop-short", action="store_true", help="leave out queries with fewer than --num-negatives negatives")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="override the model's max tokens (e.g. the training run's backbone.max_length)"
+    )
     return parser.parse_args(args)
 
 
@@ -80,6 +83,8 @@ def main(args: list[str]) -> None:
     started = time.perf_counter()
     if options.batch_size < 1:
         fail("mine", f"--batch-size must be >= 1, got {options.batch_size}")
+    if options.max_length is not None and options.max_length < 1:
+        fail("mine", f"--max-length must be >= 1, got {options.max_length}")
     if Path(options.out).suffix.lower() not in OUTPUT_SUFFIXES:
         fail("mine", f"--out must be a .jsonl file, got {options.out}")
     check_outputs("mine", [("--out", options.out, False)], options.overwrite, (options.data, options.corpus))
@@ -102,7 +107,7 @@ def main(args: list[str]) -> None:
         config = MiningConfig(**{name: getattr(options, name) for name in MINING_OPTIONS})
         pairs = load_pairs(options.data, Columns(options.query_column, options.positive_column, None))
         corpus = load_corpus(options.corpus, options.corpus_column) if options.corpus else list(dict.fromkeys(p.positive for p in pairs))
-        model = load_embedder(options.model).to(best_device())
+        model = load_embedder(options.model, max_length=options.max_length).to(best_device())
     except EmbedtuneError as error:
         fail("mine", str(error))
     loaded = time.perf_counter()
