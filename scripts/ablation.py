@@ -11,8 +11,9 @@ set by package). Arms, each adding one thing to the one above it:
 - ``sft``: plain supervised fine-tuning, in-batch negatives only (InfoNCE).
 - ``mined``: + one hard negative per query, the base model's best-ranked non-positive document
   (dense mining, no false-negative filter).
-- ``filtered``: + false-negative filtering: negatives must score below 95% of the positive's
-  cosine (NV-Retriever's TopK-PercPos, ``--relative-margin 0.05``).
+- ``filtered``: + false-negative filtering: the best-ranked document scoring below 95% of the
+  positive's cosine (NV-Retriever's TopK-PercPos, ``--relative-margin 0.05``), searched down to
+  rank 1,000 so that queries whose positive scores low still get one.
 - ``qwen3``: ``filtered`` with the Qwen3-Embedding loss (query-query and document-document
   negatives, false negatives masked) instead of InfoNCE.
 - ``pretrain``: ``filtered`` after a weak-pair stage on the corpus (``--pretrain`` picks which:
@@ -84,7 +85,9 @@ def run(plan: Plan, key: str, command: list[str], done: Path) -> float:
         return times[key]
     print(f"\n== {key}: embedtune {' '.join(command)}", flush=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "embedtune", *command], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finished = subprocess.run([sys.executable, "-m", "embedtune", *command], check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if finished.returncode != 0:
+        sys.exit(f"ablation: {key} failed (exit {finished.returncode}); its message is above")
     times[key] = round(time.perf_counter() - start, 1)
     plan.save()
     return times[key]
@@ -103,7 +106,8 @@ def mine(plan: Plan, arm: str) -> tuple[Path, float]:
     method, filters = MINING[arm]
     out = plan.work / f"mined-{arm}.jsonl"
     command = ["mine", "--model", BASE, "--data", str(plan.data / "train.jsonl"), "--corpus", str(plan.corpus), "--out", str(out),
-               "--method", method, "--num-negatives", "1", "--range-max", "50", "--batch-size", "128", *filters]  # fmt: skip
+               "--method", method, "--num-negatives", "1", "--range-max", "1000", "--max-length", str(plan.max_length),
+               "--batch-size", "128", *filters]  # fmt: skip
     return out, run(plan, f"mine-{arm}", command, out)
 
 

@@ -5,6 +5,7 @@ of a finished ablation runs nothing."""
 import importlib.util
 import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class FakeEmbedtune:
         elif args[0] == "eval":
             metric = "spearman" if flags["--data"].endswith(".csv") else "ndcg@10"
             Path(flags["--out"]).write_text(json.dumps({metric: 0.8 if metric == "spearman" else 0.7}))
+        return subprocess.CompletedProcess(command, 0)
 
 
 def run_ablation(monkeypatch, tmp_path, *arms: str) -> FakeEmbedtune:
@@ -101,3 +103,11 @@ def test_mining_arms_use_their_ranking_and_filter(monkeypatch, tmp_path, arm):
         "hybrid": ("hybrid", ["--relative-margin", "0.05"]),
     }[arm]
     assert mine[mine.index("--method") + 1] == method and mine[-len(filters) :] == filters
+
+
+def test_a_failing_command_stops_the_ablation_with_one_line(monkeypatch, tmp_path):
+    module = load_script()
+    monkeypatch.setattr(module.subprocess, "run", lambda command, check, env: subprocess.CompletedProcess(command, 2))
+    monkeypatch.setattr(sys, "argv", ["ablation.py", "--work", str(tmp_path / "work"), "--arms", "sft"])
+    with pytest.raises(SystemExit, match=r"^ablation: data failed \(exit 2\); its message is above$"):
+        module.main()
