@@ -13,7 +13,8 @@ set by package). Arms, each adding one thing to the one above it:
   (dense mining, no false-negative filter).
 - ``filtered``: + false-negative filtering: the best-ranked document scoring below 95% of the
   positive's cosine (NV-Retriever's TopK-PercPos, ``--relative-margin 0.05``), searched down to
-  rank 1,000 so that queries whose positive scores low still get one.
+  rank 1,000 so that queries whose positive scores low still get one (the few that have none
+  are left out, `--drop-short`).
 - ``qwen3``: ``filtered`` with the Qwen3-Embedding loss (query-query and document-document
   negatives, false negatives masked) instead of InfoNCE.
 - ``pretrain``: ``filtered`` after a weak-pair stage on the corpus (``--pretrain`` picks which:
@@ -55,9 +56,9 @@ ARM_TITLES = {
 }
 MINING = {  # arm -> (ranking method, false-negative filter flags)
     "mined": ("dense", ["--margin=-inf"]),
-    "filtered": ("dense", ["--relative-margin", "0.05"]),
-    "bm25": ("bm25", ["--relative-margin", "0.05"]),
-    "hybrid": ("hybrid", ["--relative-margin", "0.05"]),
+    "filtered": ("dense", ["--relative-margin", "0.05", "--drop-short"]),
+    "bm25": ("bm25", ["--relative-margin", "0.05", "--drop-short"]),
+    "hybrid": ("hybrid", ["--relative-margin", "0.05", "--drop-short"]),
 }
 
 

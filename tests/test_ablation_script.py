@@ -99,8 +99,8 @@ def test_mining_arms_use_their_ranking_and_filter(monkeypatch, tmp_path, arm):
     (mine,) = [call for call in fake.calls if call[0] == "mine"]
     method, filters = {
         "mined": ("dense", ["--margin=-inf"]),
-        "bm25": ("bm25", ["--relative-margin", "0.05"]),
-        "hybrid": ("hybrid", ["--relative-margin", "0.05"]),
+        "bm25": ("bm25", ["--relative-margin", "0.05", "--drop-short"]),
+        "hybrid": ("hybrid", ["--relative-margin", "0.05", "--drop-short"]),
     }[arm]
     assert mine[mine.index("--method") + 1] == method and mine[-len(filters) :] == filters
 
