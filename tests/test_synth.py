@@ -3,6 +3,7 @@ same file; a run killed after some batches and resumed ends with the rows of an 
 the consistency filter keeps exactly the queries whose source ranks within k (against a ranking
 computed by hand); the output reads back as `data=files` pairs; bad inputs stop in one line."""
 
+import importlib.util
 import json
 import shutil
 
@@ -13,9 +14,11 @@ from helpers import embedtune
 
 from embedtune.cli import main
 from embedtune.data.files import load as load_files_preset
+from embedtune.data.pair_stream import load as load_stream_preset
+from embedtune.errors import EmbedtuneError
 from embedtune.synth.consistency import consistency_filter, source_ranks
 from embedtune.synth.corpus import load_documents, sample_documents
-from embedtune.synth.generate import Sampling, batch_seed, load_generator
+from embedtune.synth.generate import Sampling, batch_seed, load_generator, resolve_generator
 from embedtune.synth.run import OutputFiles, plan, read_rows, start, synthesize
 from embedtune.synth.templates import TEMPLATES, clean, leading_passage
 
@@ -127,10 +130,13 @@ def test_ties_rank_in_corpus_order():
         ('Query: "why do reefs lose coral"', True, "why do reefs lose coral", None),
         ("\n\nsearch query - **reef heatwaves**\nDocument: next one", False, "reef heatwaves", None),
         ("  \n ", True, "", "empty"),
+        ("Here is a search query:\n\n'why do reefs lose coral'\nDocument:", False, "why do reefs lose coral", None),
+        ("The document answers this query:", True, "", "empty"),
         ("why do reefs lose coral and what", False, "why do reefs lose coral and what", "unfinished"),
         (" ".join(["word"] * 40), True, " ".join(["word"] * 40), "too_long"),
         ("Document: Coral reefs lose cover", True, "Document: Coral reefs lose cover", "echo"),
         ("coral reefs lose cover after marine heatwaves", True, "coral reefs lose cover after marine heatwaves", "echo"),
+        ("Why is the Great Barrier Reef losing coral?", True, "Why is the Great Barrier Reef losing coral?", "echo"),  # an example's answer
     ],
 )
 def test_clean_strips_labels_quotes_and_names_each_rejection(raw, finished, text, reason):
@@ -149,6 +155,15 @@ def test_plain_prompt_without_a_chat_template_ends_with_the_answer_label():
     prompt = TEMPLATES["query"].plain_prompt("some document")
     assert prompt.startswith(TEMPLATES["query"].instruction) and prompt.endswith("Document: some document\nQuery:")
     assert prompt.count("Query:") == 3  # two examples, then the model's turn
+
+
+def test_a_gguf_model_without_the_gguf_package_names_the_extra(tmp_path, monkeypatch):
+    model = tmp_path / "lm.gguf"
+    model.write_bytes(b"GGUF" + bytes(8))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    with pytest.raises(EmbedtuneError, match=r"pip install 'embedtune\[synth\]'"):
+        resolve_generator(str(model))
 
 
 def test_batch_seeds_differ_per_batch_and_repeat_per_seed():
@@ -181,15 +196,21 @@ def test_corpus_layouts(tmp_path, corpus_file):
 # --- generation end to end -----------------------------------------------------------------------
 
 
+def test_generation_repeats_under_a_seed_and_changes_with_it(tiny_chat_lm):
+    generator = load_generator(str(tiny_chat_lm))
+    prompts = [generator.prompt(TEMPLATES["query"], text, 32) for text in DOCUMENTS[:4]]
+    assert all(prompt.startswith("<|im_start|>user") and prompt.endswith("<|im_start|>assistant\n") for prompt in prompts)
+    first = generator.generate(prompts, Sampling(max_new_tokens=8, seed=3), batch=0)
+    assert generator.generate(prompts, Sampling(max_new_tokens=8, seed=3), batch=0) == first
+    assert generator.generate(prompts, Sampling(max_new_tokens=8, seed=4), batch=0) != first
+    assert generator.generate(prompts, Sampling(max_new_tokens=8, seed=3), batch=1) != first
+
+
 def test_same_seed_writes_the_same_file_and_the_pairs_load_as_data_files(tiny_chat_lm, corpus_file, tmp_path):
     run_synth(tiny_chat_lm, corpus_file, tmp_path / "a.jsonl", "--seed", "3")
     run_synth(tiny_chat_lm, corpus_file, tmp_path / "b.jsonl", "--seed", "3")
-    run_synth(tiny_chat_lm, corpus_file, tmp_path / "c.jsonl", "--seed", "4")
-    first = (tmp_path / "a.jsonl").read_text()
-    assert first == (tmp_path / "b.jsonl").read_text()
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
     assert (tmp_path / "a.jsonl.rejected").read_text() == (tmp_path / "b.jsonl.rejected").read_text()
-    everything = sorted(first.splitlines() + (tmp_path / "a.jsonl.rejected").read_text().splitlines())
-    assert everything != sorted((tmp_path / "c.jsonl").read_text().splitlines() + (tmp_path / "c.jsonl.rejected").read_text().splitlines())
     rows, rejected = read_rows(tmp_path / "a.jsonl"), read_rows(tmp_path / "a.jsonl.rejected")
     assert rows, "the tiny LM should have finished some answers"
     assert len(rows) + len(rejected) == 2 * len(DOCUMENTS)  # every job is either a pair or a counted rejection
@@ -199,6 +220,9 @@ def test_same_seed_writes_the_same_file_and_the_pairs_load_as_data_files(tiny_ch
     assert sum(meta["counts"]["query"].values()) == len(DOCUMENTS)
     pairs = load_files_preset(str(tmp_path / "a.jsonl")).train
     assert [(p.query, p.positive) for p in pairs] == [(row["query"], row["positive"]) for row in rows]
+    stream = load_stream_preset([{"path": str(tmp_path / "*.jsonl")}]).stream  # a glob of outputs takes no side file
+    stream.batch_size = 1
+    assert next(iter(stream))[0] == pairs[0]
 
 
 def test_filter_ranks_are_recorded_and_match_the_table(tiny_chat_lm, corpus_file, tmp_path, tiny_bert_dir):

@@ -139,14 +139,17 @@ def main(args: list[str]) -> None:
         done = start(files, settings, options.resume)
     except EmbedtuneError as error:
         fail("synth", str(error))
-    if consistency:
+    remaining = sum(job.key not in done for job in jobs)
+    if consistency and remaining:
         with progress_bar("embedding the filter's corpus", len(corpus) * len(templates)) as advance:
             for template in templates:
                 consistency.add_corpus(template.name, [template.source(d.text) for d in corpus], template.symmetric, advance)
     loaded = time.perf_counter()
-    remaining = sum(job.key not in done for job in jobs)
-    with progress_bar(f"generating ({len(jobs) - remaining} done before)" if done else "generating", remaining) as advance:
-        synthesize(generator, jobs, sampling, options.batch_size, files, done, consistency, advance)
+    try:
+        with progress_bar(f"generating ({len(jobs) - remaining} done before)" if done else "generating", remaining) as advance:
+            synthesize(generator, jobs, sampling, options.batch_size, files, done, consistency, advance)
+    except KeyboardInterrupt:
+        fail("synth", f"interrupted; the finished batches are in {files.pairs}: run the same command with --resume to continue")
     generated = time.perf_counter()
     counts = count(files)
     finish(files, settings, counts, generated - started)

@@ -103,7 +103,7 @@ class Generator:
             do_sample=sample,
             temperature=sampling.temperature if sample else None,
             top_p=sampling.top_p if sample else None,
-            top_k=None,
+            top_k=0,  # off: --top-p alone truncates (transformers would otherwise add its default top-50)
             max_new_tokens=sampling.max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
         )

@@ -175,5 +175,7 @@ def count(files: OutputFiles) -> dict[str, dict[str, int]]:
 
 
 def finish(files: OutputFiles, settings: dict, counts: dict[str, dict[str, int]], seconds: float) -> None:
-    """Rewrite the meta file with the final counts."""
-    write_text_atomic(files.meta, json_text({"settings": settings, "finished": True, "counts": counts, "seconds": round(seconds, 1)}))
+    """Rewrite the meta file with the final counts (and how long this last invocation took)."""
+    write_text_atomic(
+        files.meta, json_text({"settings": settings, "finished": True, "counts": counts, "last_run_seconds": round(seconds, 1)})
+    )

@@ -66,13 +66,16 @@ class Template:
         return f"{self.instruction}\n\n{shots}{self.source_label}: {source}\n{self.output_label}:"
 
     def _request(self, source: str) -> str:
-        return f"{self.instruction}\n\n{self.source_label}: {source}"
+        """The source, then the instruction: asked before a long document, SmolLM2-135M mostly
+        summarised it; asked after it, it wrote queries (24 SciFact documents: 10 vs 4 found their
+        document in the top 10 of 500, greedy)."""
+        return f"{self.source_label}: {source}\n\n{self.instruction}"
 
 
 TEMPLATES = {
     "query": Template(
         name="query",
-        instruction="Write a short search query that the following document answers. Reply with the query only.",
+        instruction="Write a short search query that this document answers. Reply with the query only.",
         source_label="Document",
         output_label="Query",
         examples=(
@@ -93,7 +96,7 @@ TEMPLATES = {
     ),
     "paraphrase": Template(
         name="paraphrase",
-        instruction="Paraphrase the following text: keep its meaning, change its wording. Reply with the paraphrase only.",
+        instruction="Paraphrase this text: keep its meaning, change its wording. Reply with the paraphrase only.",
         source_label="Text",
         output_label="Paraphrase",
         examples=(
@@ -134,14 +137,18 @@ def clean(text: str, template: Template, source: str, finished: bool) -> tuple[s
     """The generation as a training text, and why it is rejected (one of `REJECTIONS`) or None.
 
     The prompt is never part of ``text`` (only new tokens are decoded); what small models add
-    around the answer is removed: leading blank lines, everything after the first line (they go
-    on with another "Document:"), an answer label such as "Query:", wrapping quotes. Then it is
+    around the answer is removed: blank lines and lead-in lines ending in a colon ("Here is a
+    search query:"), everything after the first remaining line (they go on with another
+    "Document:"), an answer label such as "Query:", wrapping quotes. Then it is
     ``empty``; ``unfinished`` when the LM was cut off by max_new_tokens before ending its line
     (``finished`` False); ``too_long`` past the template's ``max_words``; ``echo`` when it
-    repeats the source label or is the source itself.
+    repeats the source label, or is the source itself or one of the prompt's example answers
+    (small models copy those; case and punctuation aside).
     """
-    lines = text.strip().splitlines()
-    line = lines[0] if lines else ""
+    lines = [line for line in text.splitlines() if line.strip()]
+    while lines and lines[0].rstrip().endswith(":"):  # a lead-in ("Here is a query that ...:"); the answer follows
+        lines.pop(0)
+    line = lines[0].strip() if lines else ""
     ended = finished or len(lines) > 1
     previous = None
     while line != previous:
@@ -156,7 +163,8 @@ def clean(text: str, template: Template, source: str, finished: bool) -> tuple[s
         return line, "unfinished"
     if len(line.split()) > template.max_words:
         return line, "too_long"
-    if line.lower().startswith(f"{template.source_label.lower()}:") or _words(line) == _words(source):
+    copied = {_words(source), *(_words(answer) for _, answer in template.examples)}
+    if line.lower().startswith(f"{template.source_label.lower()}:") or _words(line) in copied:
         return line, "echo"
     return line, None
 
