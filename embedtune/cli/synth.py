@@ -110,18 +110,7 @@ def main(args: list[str]) -> None:
     templates = [TEMPLATES[name] for name in options.templates]
     documents = sample_documents(corpus, options.max_docs, options.seed)
     jobs = plan(documents, templates)
-    settings = {
-        "generator": options.model,
-        "corpus": options.corpus,
-        "corpus_documents": len(corpus),
-        "documents": len(documents),
-        "max_docs": options.max_docs,
-        "templates": {template.name: dataclasses.asdict(template) for template in templates},
-        "sampling": dataclasses.asdict(sampling),
-        "batch_size": options.batch_size,
-        "filter": {"model": options.filter_model, "k": options.filter_k} if options.filter_model else None,
-        "embedtune": __version__,
-    }
+    settings = _settings(options, generator_path, len(corpus), len(documents), templates, sampling)
     if options.resume:
         try:
             check_resume(files, settings)
@@ -141,9 +130,10 @@ def main(args: list[str]) -> None:
         fail("synth", str(error))
     remaining = sum(job.key not in done for job in jobs)
     if consistency and remaining:
-        with progress_bar("embedding the filter's corpus", len(corpus) * len(templates)) as advance:
-            for template in templates:
-                consistency.add_corpus(template.name, [template.source(d.text) for d in corpus], template.symmetric, advance)
+        sources = {template: list(dict.fromkeys(template.source(d.text) for d in corpus)) for template in templates}
+        with progress_bar("embedding the filter's corpus", sum(map(len, sources.values()))) as advance:
+            for template, texts in sources.items():
+                consistency.add_corpus(template.name, texts, template.symmetric, advance)
     loaded = time.perf_counter()
     try:
         with progress_bar(f"generating ({len(jobs) - remaining} done before)" if done else "generating", remaining) as advance:
@@ -153,7 +143,29 @@ def main(args: list[str]) -> None:
     generated = time.perf_counter()
     counts = count(files)
     finish(files, settings, counts, generated - started)
-    stdout.print(_report(options, len(documents), counts, remaining, {"load": loaded - started, "generate": generated - loaded}))
+    stdout.print(
+        _report(
+            options, len(documents), counts, remaining, {"load models + embed corpus": loaded - started, "generate": generated - loaded}
+        )
+    )
+
+
+def _settings(options: argparse.Namespace, generator_path: str, corpus: int, documents: int, templates: list, sampling) -> dict:
+    """What OUT.meta.json records and a --resume must match: the generator, the corpus and its
+    sample, the templates (with their examples), sampling, batching and the filter."""
+    return {
+        "generator": options.model,
+        "generator_file": generator_path,
+        "corpus": options.corpus,
+        "corpus_documents": corpus,
+        "documents": documents,
+        "max_docs": options.max_docs,
+        "templates": {template.name: dataclasses.asdict(template) for template in templates},
+        "sampling": dataclasses.asdict(sampling),
+        "batch_size": options.batch_size,
+        "filter": {"model": options.filter_model, "k": options.filter_k} if options.filter_model else None,
+        "embedtune": __version__,
+    }
 
 
 def _generator_path(name: str) -> str:
