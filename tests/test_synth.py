@@ -207,7 +207,8 @@ def test_generation_repeats_under_a_seed_and_changes_with_it(tiny_chat_lm):
 
 
 def test_same_seed_writes_the_same_file_and_the_pairs_load_as_data_files(tiny_chat_lm, corpus_file, tmp_path):
-    run_synth(tiny_chat_lm, corpus_file, tmp_path / "a.jsonl", "--seed", "3")
+    result = run_synth(tiny_chat_lm, corpus_file, tmp_path / "a.jsonl", "--seed", "3")
+    assert "kept share" in result.stdout and "filtered" not in result.stdout  # no filter model, no such column
     run_synth(tiny_chat_lm, corpus_file, tmp_path / "b.jsonl", "--seed", "3")
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
     assert (tmp_path / "a.jsonl.rejected").read_text() == (tmp_path / "b.jsonl.rejected").read_text()

@@ -205,14 +205,15 @@ def _report(options, documents: int, counts: dict[str, dict[str, int]], generate
 
     from embedtune.synth.run import OUTCOMES
 
+    shown = [outcome for outcome in OUTCOMES if options.filter_model or outcome != "filtered"]
     table = Table(title=f"synthetic pairs: {documents} documents -> {options.out}")
     table.add_column("template")
-    for outcome in OUTCOMES:
+    for outcome in shown:
         table.add_column(f"filtered (rank > {options.filter_k})" if outcome == "filtered" else outcome.replace("_", " "), justify="right")
     table.add_column("kept share", justify="right")
     for template, outcome_counts in counts.items():
         total = sum(outcome_counts.values())
-        table.add_row(template, *(str(outcome_counts[o]) for o in OUTCOMES), f"{outcome_counts['kept'] / total:.1%}" if total else "-")
+        table.add_row(template, *(str(outcome_counts[o]) for o in shown), f"{outcome_counts['kept'] / total:.1%}" if total else "-")
     seconds = timings["generate"]
     speed = f"{generated / seconds:.2f} generations/s" if seconds > 0 and generated else "nothing left to generate"
     table.caption = f"this run: {generated} generations, {speed}; time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())

@@ -2,11 +2,13 @@
 
 A template turns a document into the *source* the LM sees and the pair's positive (the whole
 document for ``query``; the document's leading sentences for ``paraphrase``), and into a prompt:
-an instruction, two worked examples, then the source. The examples matter more than the wording
-for a small model: InPars (Bonifacio et al. 2022, arXiv:2202.05144) and Promptagator (Dai et al.
-2022, arXiv:2209.11755) both prompt with a few (document, query) examples, and without them
-SmolLM2-135M mostly echoes or summarises the document instead of writing a query. The examples
-here are generic (not from any evaluation set), so they bias no benchmark.
+two worked examples, then the source, each followed by the instruction. The examples matter for
+a small model: InPars (Bonifacio et al. 2022, arXiv:2202.05144) and Promptagator (Dai et al. 2022,
+arXiv:2209.11755) both prompt with a few (document, query) examples, and without them
+SmolLM2-135M mostly wrote about the document ("The document is designed to answer ...") instead
+of a query (24 SciFact documents: 4 vs 10 found their document in the top 10 of a 500-document
+pool). The price: it sometimes copies an example's answer, which `clean` rejects as an echo. The
+examples are generic (not from any evaluation set), so they bias no benchmark.
 
 With a chat model (its tokenizer has a chat template) each example is a user / assistant turn;
 otherwise the prompt is plain text ending in ``Query:`` for the model to continue.
@@ -27,11 +29,11 @@ class Template:
 
     Args:
         name: what rows and reports call it.
-        instruction: the request put before every document.
-        source_label / output_label: how a plain-text prompt labels the source and the answer.
+        instruction: the request, put after every source in a chat (before the examples in a plain prompt).
+        source_label / output_label: how prompts label the source, and a plain prompt the answer.
         examples: (source, answer) pairs shown before the real source.
         symmetric: the pair's two sides are the same kind of text (a paraphrase), not a query and
-            a document; recorded in the meta file for whoever trains on it.
+            a document: the filter embeds both sides alike, and the meta file tells the trainer.
         passage_words: cut the source to its leading sentences of at most this many words (at
             least one sentence); None: the whole document.
         max_words: a cleaned answer longer than this is rejected (``too_long``).
@@ -66,9 +68,9 @@ class Template:
         return f"{self.instruction}\n\n{shots}{self.source_label}: {source}\n{self.output_label}:"
 
     def _request(self, source: str) -> str:
-        """The source, then the instruction: asked before a long document, SmolLM2-135M mostly
-        summarised it; asked after it, it wrote queries (24 SciFact documents: 10 vs 4 found their
-        document in the top 10 of 500, greedy)."""
+        """The source, then the instruction: asked before a long document, SmolLM2-135M more
+        often summarised it or chatted (a probe on 24 SciFact documents, with the examples: 6 vs
+        10 found their document in the top 10 of a 500-document pool greedy, 3 vs 8 sampled)."""
         return f"{self.source_label}: {source}\n\n{self.instruction}"
 
 
