@@ -145,7 +145,11 @@ def main(args: list[str]) -> None:
     finish(files, settings, counts, generated - started)
     stdout.print(
         _report(
-            options, len(documents), counts, remaining, {"load models + embed corpus": loaded - started, "generate": generated - loaded}
+            options,
+            len(documents),
+            counts,
+            remaining,
+            {"load" + (" + embed corpus" if consistency else ""): loaded - started, "generate": generated - loaded},
         )
     )
 
