@@ -59,7 +59,8 @@ class ConsistencyFilter:
     corpora: dict[str, tuple[dict[str, int], np.ndarray]] = field(default_factory=dict)  # template -> (text -> row, embeddings)
 
     def add_corpus(self, template: str, sources: list[str], symmetric: bool, progress=None) -> None:
-        """Embed one template's corpus (as documents, or as queries for a symmetric template)."""
+        """Embed one template's corpus with the model's document prompt (no prompt for a
+        symmetric template: both sides of a paraphrase pair are the same kind of text)."""
         rows = {text: row for row, text in enumerate(dict.fromkeys(sources))}
         embeddings = self.model.encode(list(rows), None if symmetric else "document", self.batch_size, progress)
         self.corpora[template] = (rows, embeddings.numpy())
