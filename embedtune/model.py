@@ -465,7 +465,7 @@ def load_embedder(
     model_options = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **gguf, **tokenizer_options)
-        backbone = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype), **_gguf_options(gguf), **model_options)
+        backbone = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype), **gguf_options(gguf), **model_options)
     except (OSError, ImportError) as error:
         raise EmbedtuneError(f"cannot load model '{name_or_path}': {str(error).splitlines()[0]}") from None
     if getattr(backbone.config, "use_cache", False):
@@ -488,7 +488,7 @@ def load_embedder(
     return model
 
 
-def _gguf_options(gguf: dict) -> dict:
+def gguf_options(gguf: dict) -> dict:
     """``gguf_file`` plus, where transformers could keep GGUF weights packed (5.x with the
     ``kernels`` package), the request to unpack them: training needs plain dense weights, and
     only a dense model can be saved."""

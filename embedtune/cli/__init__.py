@@ -23,12 +23,13 @@ Commands:
   report    training curves of a run folder; a sweep folder's runs ranked, quality vs the swept value
   merge     merge checkpoints (or their task vectors with --base) by SLERP, lerp, TIES, DARE, Model Stock
   mine      hard negatives for a pairs file, mined with a model, filtered for false negatives
+  synth     training pairs for your documents written by a local LM (queries, paraphrases), consistency-filtered
   data      write the embedded default data set (Python stdlib pairs) as files for mine / train
 
 Run `embedtune COMMAND --help` for a command's options.
 """
 
-COMMANDS = ("train", "eval", "diagnose", "report", "mine", "merge", "data")  # each is embedtune.cli.<name>.main
+COMMANDS = ("train", "eval", "diagnose", "report", "mine", "merge", "synth", "data")  # each is embedtune.cli.<name>.main
 
 
 def main(argv: list[str] | None = None) -> None:
