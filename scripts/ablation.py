@@ -6,7 +6,8 @@
 
 Every arm starts from all-MiniLM-L6-v2 and trains on the same training queries, scored on the
 same held-out queries (``embedtune data`` splits a BEIR folder by query, or the embedded stdlib
-set by package). Arms, each adding one thing to the one above it:
+set by package). The first three arms each add one thing to the one above; the others change
+one thing of ``filtered``:
 
 - ``sft``: plain supervised fine-tuning, in-batch negatives only (InfoNCE).
 - ``mined``: + one hard negative per query, the base model's best-ranked non-positive document
@@ -48,11 +49,11 @@ ARM_TITLES = {
     "sft": "plain SFT, in-batch negatives",
     "mined": "+ 1 mined hard negative (dense, unfiltered)",
     "filtered": "+ false-negative filter (neg < 0.95 x pos)",
-    "qwen3": "+ qwen3 loss (instead of InfoNCE)",
-    "pretrain": "+ weak-pair pre-training first",
+    "qwen3": "filtered, qwen3 loss instead of InfoNCE",
+    "pretrain": "filtered, after a pre-training stage",
     "bm25": "filtered, BM25-ranked negatives",
     "hybrid": "filtered, BM25 + dense (RRF) negatives",
-    "soup": "+ merge: uniform soup of the filtered seeds",
+    "soup": "filtered + merge: uniform soup of its seeds",
 }
 MINING = {  # arm -> (ranking method, false-negative filter flags)
     "mined": ("dense", ["--margin=-inf"]),
@@ -177,7 +178,8 @@ def table(plan: Plan) -> str:
     """The ablation as a markdown table: one row per arm, mean ± std over its seeds."""
     lines = ["| arm | seeds | held-out nDCG@10 | change vs plain SFT | STS-B Spearman | wall s per run |", "|---|---|---|---|---|---|"]
     sft = [run["held_out"] for run in plan.results["runs"].get("sft", {}).values()]
-    for arm, runs in plan.results["runs"].items():
+    for arm in (arm for arm in ["base", *ARMS] if arm in plan.results["runs"]):  # the arms' order, whatever order they ran in
+        runs = plan.results["runs"][arm]
         scores = [run["held_out"] for run in runs.values()]
         change = f"{statistics.mean(scores) - statistics.mean(sft):+.4f}" if sft and arm != "sft" else ""
         sts = next((f"{run['sts']:.4f}" for run in runs.values() if run.get("sts") is not None), "")
