@@ -69,7 +69,7 @@ class Plan:
 
     work: Path
     data: Path  # a folder with train.jsonl and eval/ (a BEIR folder), written by `embedtune data`
-    corpus: Path  # what mining searches and the weak pairs come from
+    corpus: Path | None  # what mining searches and the weak pairs come from (None: the training positives)
     max_length: int
     epochs: int
     pretrain: list[str]  # the pre-training stage's overrides
@@ -107,7 +107,8 @@ def train(plan: Plan, key: str, data: Path, seed: int, overrides: list[str]) -> 
 def mine(plan: Plan, arm: str) -> tuple[Path, float]:
     method, filters = MINING[arm]
     out = plan.work / f"mined-{arm}.jsonl"
-    command = ["mine", "--model", BASE, "--data", str(plan.data / "train.jsonl"), "--corpus", str(plan.corpus), "--out", str(out),
+    corpus = ["--corpus", str(plan.corpus)] if plan.corpus else []
+    command = ["mine", "--model", BASE, "--data", str(plan.data / "train.jsonl"), *corpus, "--out", str(out),
                "--method", method, "--num-negatives", "1", "--range-max", "1000", "--max-length", str(plan.max_length),
                "--batch-size", "128", *filters]  # fmt: skip
     return out, run(plan, f"mine-{arm}", command, out)
@@ -198,7 +199,7 @@ def prepare(options: argparse.Namespace) -> Plan:
         corpus = scifact / "corpus.jsonl"
     else:
         split = ["data", "--out", str(work / "data"), "--max-train-pairs", "1024", "--max-eval-queries", "300"]  # the default job's sizes
-        corpus = work / "data" / "train.jsonl"  # mining searches the training documents
+        corpus = None  # mining searches the training documents
     if options.pretrain == "weak":  # the stdlib has no corpus apart from its pairs: pass a pairs file there
         pretrain = ["data=weak", f"data.train={corpus}", "data.kinds=[title_body,first_sentence_rest]"]
     else:

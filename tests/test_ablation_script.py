@@ -111,3 +111,16 @@ def test_a_failing_command_stops_the_ablation_with_one_line(monkeypatch, tmp_pat
     monkeypatch.setattr(sys, "argv", ["ablation.py", "--work", str(tmp_path / "work"), "--arms", "sft"])
     with pytest.raises(SystemExit, match=r"^ablation: data failed \(exit 2\); its message is above$"):
         module.main()
+
+
+def test_stdlib_mines_among_the_training_positives(monkeypatch, tmp_path):
+    module = load_script()
+    fake = FakeEmbedtune()
+    monkeypatch.setattr(module.subprocess, "run", fake)
+    monkeypatch.setattr(
+        sys, "argv", ["ablation.py", "--work", str(tmp_path / "work"), "--data", "stdlib", "--arms", "filtered", "--seeds", "1"]
+    )
+    module.main()
+    (split,) = [call for call in fake.calls if call[0] == "data"]
+    (mine,) = [call for call in fake.calls if call[0] == "mine"]
+    assert "--beir" not in split and "--corpus" not in mine  # no corpus: `embedtune mine` searches the positives
