@@ -7,21 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_DECODER_SHAPE, chatml_bpe_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# The tiny random decoders' shape (grouped-query attention, like Qwen3 and Llama): 2 layers, 32 dims.
-TINY_DECODER_SHAPE = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-    max_position_embeddings=512,
-)
 
 
 def minilm_path() -> str:
@@ -101,20 +92,10 @@ def tiny_qwen3_dir(tmp_path_factory) -> Path:
     """A random 2-layer Qwen3 (hidden 32, 4 heads, 2 KV heads, head_dim 8) with a byte-level BPE
     tokenizer trained in code, loaded as Qwen2Tokenizer like the real one: no BOS, appends
     nothing, ``<|endoftext|>`` is both EOS and pad."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen3Config, Qwen3Model
 
     folder = tmp_path_factory.mktemp("tiny-qwen3")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(DECODER_CORPUS, trainer)
+    tokenizer = chatml_bpe_tokenizer(DECODER_CORPUS)
     vocab_size = _save_tokenizer(tokenizer, folder, eos_token="<|endoftext|>", pad_token="<|endoftext|>", tokenizer_class="Qwen2Tokenizer")
     config = Qwen3Config(vocab_size=vocab_size, **TINY_DECODER_SHAPE)
     torch.manual_seed(0)

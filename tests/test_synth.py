@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import embedtune
+from helpers import TINY_DECODER_SHAPE, chatml_bpe_tokenizer, embedtune
 
 from embedtune.cli import main
 from embedtune.data.files import load as load_files_preset
@@ -47,33 +47,14 @@ def tiny_chat_lm(tmp_path_factory):
     """A random 2-layer Qwen3 causal LM with a byte-level BPE tokenizer and a ChatML template. A
     fifth of its vocabulary ends a generation (several end tokens, as Llama 3 has), so that random
     weights write answers of a few tokens that end, rather than only cut-off ones."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-chat-lm")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator([*DOCUMENTS, *(t.instruction for t in TEMPLATES.values())], trainer)
+    tokenizer = chatml_bpe_tokenizer([*DOCUMENTS, *(t.instruction for t in TEMPLATES.values())])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
-    config = Qwen3Config(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        max_position_embeddings=1024,
-    )
+    config = Qwen3Config(vocab_size=tokenizer.get_vocab_size(), **{**TINY_DECODER_SHAPE, "max_position_embeddings": 1024})
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(config)
     model.generation_config.eos_token_id = [fast.eos_token_id, *range(100, tokenizer.get_vocab_size(), 5)]
