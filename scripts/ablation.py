@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedtune.eval.tasks import HEADLINE_METRIC, sweep_objective
+
 BASE = "all-MiniLM-L6-v2"
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ARMS = ["sft", "mined", "filtered", "qwen3", "pretrain", "bm25", "hybrid", "soup"]
@@ -115,8 +117,8 @@ def mine(plan: Plan, arm: str) -> tuple[Path, float]:
 
 
 def held_out_score(run_folder: Path) -> float:
-    after = json.loads((run_folder / "eval.json").read_text())["after"]
-    return after.get("ndcg@10", after.get("spearman"))
+    """A training run's held-out headline number (nDCG@10, or Spearman on an STS set)."""
+    return sweep_objective(json.loads((run_folder / "eval.json").read_text())["after"])
 
 
 def evaluate(plan: Plan, key: str, model: Path, data: Path, metric: str, flags: list[str]) -> float:
@@ -127,7 +129,7 @@ def evaluate(plan: Plan, key: str, model: Path, data: Path, metric: str, flags: 
 
 
 def sts_score(plan: Plan, key: str, model: Path) -> float | None:
-    return None if plan.sts is None else evaluate(plan, f"sts-{key}", model, plan.sts, "spearman", [])
+    return None if plan.sts is None else evaluate(plan, f"sts-{key}", model, plan.sts, HEADLINE_METRIC["sts"], [])
 
 
 def run_arm(plan: Plan, arm: str, seed: int, first_seed: bool) -> dict:
@@ -159,13 +161,15 @@ def run_soup(plan: Plan, seeds: list[int]) -> dict:
     seconds = run(
         plan, "soup", ["merge", "--linear", *(str(plan.work / f"filtered-s{seed}" / "final") for seed in seeds), "--out", str(out)], out
     )
-    held_out = evaluate(plan, "soup-held-out", out, plan.data / "eval", "ndcg@10", ["--max-length", str(plan.max_length)])
+    held_out = evaluate(
+        plan, "soup-held-out", out, plan.data / "eval", HEADLINE_METRIC["retrieval"], ["--max-length", str(plan.max_length)]
+    )
     return {"held_out": held_out, "seconds": seconds, "sts": sts_score(plan, "soup", out)}
 
 
 def run_base(plan: Plan) -> dict:
     flags = ["--max-length", str(plan.max_length)]
-    return {"held_out": evaluate(plan, "base-held-out", Path(BASE), plan.data / "eval", "ndcg@10", flags), "seconds": 0.0,
+    return {"held_out": evaluate(plan, "base-held-out", Path(BASE), plan.data / "eval", HEADLINE_METRIC["retrieval"], flags), "seconds": 0.0,
             "sts": sts_score(plan, "base", Path(BASE))}  # fmt: skip
 
 
