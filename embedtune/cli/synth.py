@@ -51,6 +51,12 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="longest answer; cut-off ones are rejected (default: 48)")
     parser.add_argument("--max-source-tokens", type=int, default=256, help="source text cut to this in the prompt (default: 256)")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="the LM's dtype; auto: bfloat16 on a GPU, float32 on a CPU (bfloat16 is faster on CPUs with AVX512-BF16 or AMX)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="prompts generated together, left-padded (default: 16)")
     parser.add_argument(
         "--filter-model", default=None, help="embedding model of the consistency filter (e.g. all-MiniLM-L6-v2); none: no filter"
@@ -94,7 +100,7 @@ def main(args: list[str]) -> None:
     check_options(options)
 
     from embedtune.synth.corpus import corpus_file, load_documents, sample_documents
-    from embedtune.synth.generate import Sampling
+    from embedtune.synth.generate import Sampling, generator_dtype
     from embedtune.synth.run import OutputFiles, check_resume, count, finish, plan, start, synthesize
     from embedtune.synth.templates import TEMPLATES
 
@@ -110,7 +116,9 @@ def main(args: list[str]) -> None:
     templates = [TEMPLATES[name] for name in options.templates]
     documents = sample_documents(corpus, options.max_docs, options.seed)
     jobs = plan(documents, templates)
-    settings = _settings(options, generator_path, len(corpus), len(documents), templates, sampling)
+    device = best_device()
+    dtype = generator_dtype(options.dtype, device)
+    settings = _settings(options, generator_path, len(corpus), len(documents), templates, sampling, dtype)
     if options.resume:
         try:
             check_resume(files, settings)
@@ -121,9 +129,8 @@ def main(args: list[str]) -> None:
     from embedtune.synth.generate import load_generator
 
     quiet_transformers()
-    device = best_device()
     try:
-        generator = load_generator(generator_path, device)
+        generator = load_generator(generator_path, device, dtype)
         consistency = ConsistencyFilter(_load_filter(filter_path).to(device), options.filter_k) if filter_path else None
         done = start(files, settings, options.resume)
     except EmbedtuneError as error:
@@ -154,12 +161,13 @@ def main(args: list[str]) -> None:
     )
 
 
-def _settings(options: argparse.Namespace, generator_path: str, corpus: int, documents: int, templates: list, sampling) -> dict:
+def _settings(options: argparse.Namespace, generator_path: str, corpus: int, documents: int, templates: list, sampling, dtype: str) -> dict:
     """What OUT.meta.json records and a --resume must match: the generator, the corpus and its
     sample, the templates (with their examples), sampling, batching and the filter."""
     return {
         "generator": options.model,
         "generator_file": generator_path,
+        "dtype": dtype,
         "corpus": options.corpus,
         "corpus_documents": corpus,
         "documents": documents,

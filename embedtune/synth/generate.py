@@ -114,9 +114,20 @@ class Generator:
         return list(zip(self.tokenizer.batch_decode(new, skip_special_tokens=True), finished))
 
 
-def load_generator(path: str, device: str = "cpu") -> Generator:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def generator_dtype(name: str, device: str) -> str:
+    """The dtype the LM runs in: ``auto`` is bfloat16 on a GPU and float32 on a CPU (where
+    bfloat16 pays only on CPUs with bfloat16 units, e.g. AVX512-BF16 or AMX: pass it there)."""
+    if name == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return name
+
+
+def load_generator(path: str, device: str = "cpu", dtype: str = "float32") -> Generator:
     """Load the causal LM at ``path`` (a folder or a ``.gguf`` file, as `resolve_generator`
-    returns it) in float32 on ``device``, or raise a one-line `EmbedtuneError`."""
+    returns it) in ``dtype`` (a `DTYPES` name) on ``device``, or raise a one-line `EmbedtuneError`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf: dict = {}
@@ -124,7 +135,7 @@ def load_generator(path: str, device: str = "cpu") -> Generator:
         path, gguf = str(Path(path).parent), {"gguf_file": Path(path).name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **gguf)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **gguf_options(gguf))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **gguf_options(gguf))
     except (OSError, ImportError, ValueError) as error:
         raise EmbedtuneError(f"cannot load the generator '{path}': {str(error).splitlines()[0]}") from None
     tokenizer.padding_side = "left"  # new tokens follow every prompt directly
