@@ -3,6 +3,7 @@
     python scripts/ablation.py --data scifact --work runs/ablation-scifact                 # every arm, seeds 1 2 3
     python scripts/ablation.py --data stdlib --work runs/ablation-stdlib --seeds 1 2 3
     python scripts/ablation.py --data scifact --arms sft filtered soup --seeds 1 2 3 --sts ../shared/data/stsb/sts-dev.csv
+    python scripts/ablation.py --data scifact --arms pretrain synth bm25 hybrid --synth synth/scifact.jsonl
 
 Every arm starts from all-MiniLM-L6-v2 and trains on the same training queries, scored on the
 same held-out queries (``embedtune data`` splits a BEIR folder by query, or the embedded stdlib
@@ -19,7 +20,9 @@ one thing of ``filtered``:
 - ``qwen3``: ``filtered`` with the Qwen3-Embedding loss (query-query and document-document
   negatives, false negatives masked) instead of InfoNCE.
 - ``pretrain``: ``filtered`` after a weak-pair stage on the corpus (``--pretrain`` picks which:
-  heuristic title/abstract pairs, or a pairs file such as ``embedtune synth`` writes).
+  heuristic title/abstract pairs, or any pairs file).
+- ``synth``: ``filtered`` after the same stage on LLM-written queries for the corpus (``--synth``:
+  the pairs file `embedtune synth` writes), so that both kinds of stage-one data sit in one table.
 - ``bm25`` / ``hybrid``: ``filtered`` with negatives ranked by BM25 or by both (needs bm25s).
 - ``soup``: the uniform average of the ``filtered`` arm's seed models (``embedtune merge
   --linear``, a model soup): a merge that needs no second task.
@@ -45,7 +48,8 @@ from embedtune.eval.tasks import HEADLINE_METRIC, sweep_objective
 
 BASE = "all-MiniLM-L6-v2"
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ARMS = ["sft", "mined", "filtered", "qwen3", "pretrain", "bm25", "hybrid", "soup"]
+ARMS = ["sft", "mined", "filtered", "qwen3", "pretrain", "synth", "bm25", "hybrid", "soup"]
+STAGED = ("pretrain", "synth")  # arms with a pre-training stage before the filtered SFT
 ARM_TITLES = {
     "base": "base all-MiniLM-L6-v2 (no training)",
     "sft": "plain SFT, in-batch negatives",
@@ -53,6 +57,7 @@ ARM_TITLES = {
     "filtered": "+ false-negative filter (neg < 0.95 x pos)",
     "qwen3": "filtered, qwen3 loss instead of InfoNCE",
     "pretrain": "filtered, after a pre-training stage",
+    "synth": "filtered, after pre-training on synthetic queries",
     "bm25": "filtered, BM25-ranked negatives",
     "hybrid": "filtered, BM25 + dense (RRF) negatives",
     "soup": "filtered + merge: uniform soup of its seeds",
@@ -74,7 +79,7 @@ class Plan:
     corpus: Path | None  # what mining searches and the weak pairs come from (None: the training positives)
     max_length: int
     epochs: int
-    pretrain: list[str]  # the pre-training stage's overrides
+    stages: dict[str, list[str]]  # arm in STAGED -> its pre-training stage's overrides
     sts: Path | None
     results: dict = field(default_factory=dict)
 
@@ -139,13 +144,14 @@ def run_arm(plan: Plan, arm: str, seed: int, first_seed: bool) -> dict:
     if arm == "sft":
         data, negatives = plan.data / "train.jsonl", 0
     else:
-        data, seconds = mine(plan, "filtered" if arm in ("qwen3", "pretrain") else arm)
+        data, seconds = mine(plan, "filtered" if arm in ("qwen3", *STAGED) else arm)
         negatives = 1
-    if arm == "pretrain":
-        out = plan.work / f"stage1-s{seed}"  # the pre-training stage; the arm's SFT is pretrain-sN
+    if arm in STAGED:
+        stage = f"{arm}-stage1-s{seed}"  # the pre-training stage; the arm's SFT is ARM-sN
+        out = plan.work / stage
         command = ["train", "stage=pretrain", f"seed={seed}", f"backbone.max_length={plan.max_length}", "eval.before=false",
-                   f"data.eval={plan.data / 'eval'}", "eval.batch_size=128", f"output_dir={out}", *plan.pretrain]  # fmt: skip
-        seconds += run(plan, f"stage1-s{seed}", command, out / "eval.json")
+                   f"data.eval={plan.data / 'eval'}", "eval.batch_size=128", f"output_dir={out}", *plan.stages[arm]]  # fmt: skip
+        seconds += run(plan, stage, command, out / "eval.json")
         start_from = ["backbone=hf", f"backbone.path={out / 'final'}"]
     loss = ["loss=qwen3"] if arm == "qwen3" else []
     folder, train_seconds = train(plan, key, data, seed, [f"negatives.per_query={negatives}", *loss, *start_from])
@@ -205,11 +211,14 @@ def prepare(options: argparse.Namespace) -> Plan:
         split = ["data", "--out", str(work / "data"), "--max-train-pairs", "1024", "--max-eval-queries", "300"]  # the default job's sizes
         corpus = None  # mining searches the training documents
     if options.pretrain == "weak":  # the stdlib has no corpus apart from its pairs: pass a pairs file there
-        pretrain = ["data=weak", f"data.train={corpus}", "data.kinds=[title_body,first_sentence_rest]"]
+        stages = {"pretrain": ["data=weak", f"data.train={corpus}", "data.kinds=[title_body,first_sentence_rest]"]}
     else:
-        pretrain = ["data=files", f"data.train={options.pretrain}"]
-    pretrain += [f"train.max_steps={options.pretrain_steps}", f"train.lr={options.pretrain_lr}"]
-    plan = Plan(work, work / "data", corpus, options.max_length, options.epochs, pretrain, options.sts)
+        stages = {"pretrain": ["data=files", f"data.train={options.pretrain}"]}
+    if options.synth:
+        stages["synth"] = ["data=files", f"data.train={options.synth}"]
+    budget = [f"train.max_steps={options.pretrain_steps}", f"train.lr={options.pretrain_lr}"]  # the same for both stages
+    stages = {arm: [*overrides, *budget] for arm, overrides in stages.items()}
+    plan = Plan(work, work / "data", corpus, options.max_length, options.epochs, stages, options.sts)
     results_file = work / "ablation.json"
     plan.results = json.loads(results_file.read_text()) if results_file.exists() else {}
     plan.results.update(seeds=options.seeds, data=options.data, max_length=options.max_length, epochs=options.epochs)
@@ -227,13 +236,16 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128, help="document tokens in training and scoring (default 128)")
     parser.add_argument("--epochs", type=int, default=3, help="SFT epochs (default 3)")
     parser.add_argument("--pretrain", default="weak", help="pre-training pairs: weak (title/abstract of the corpus) or a pairs file")
-    parser.add_argument("--pretrain-steps", type=int, default=30)
+    parser.add_argument("--synth", type=Path, default=None, help="the synth arm's pre-training pairs (written by `embedtune synth`)")
+    parser.add_argument("--pretrain-steps", type=int, default=30, help="steps of either pre-training stage (default 30)")
     parser.add_argument("--pretrain-lr", type=float, default=5e-5)
     parser.add_argument("--sts", type=Path, default=None, help="an STS file to score the first seed of every arm on (e.g. STS-B dev)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="the shared data (default: ../shared/data)")
     options = parser.parse_args()
     if options.data == "stdlib" and "pretrain" in options.arms and options.pretrain == "weak":
         parser.error("--data stdlib: weak pairs need a corpus; pass --pretrain PAIRS_FILE or leave out the pretrain arm")
+    if "synth" in options.arms and options.synth is None:
+        parser.error("the synth arm needs --synth PAIRS_FILE (the output of `embedtune synth`)")
     plan = prepare(options)
     for arm in options.arms:
         if arm == "base":

@@ -67,12 +67,12 @@ def run_ablation(monkeypatch, tmp_path, *arms: str) -> FakeEmbedtune:
 def test_each_arm_runs_its_commands_and_the_table_is_mean_and_std_over_seeds(monkeypatch, tmp_path):
     fake = run_ablation(monkeypatch, tmp_path, "base", "sft", "filtered", "pretrain", "soup")
     trains = {Path(dict(a.split("=", 1) for a in call if "=" in a)["output_dir"]).name: call for call in fake.calls if call[0] == "train"}
-    arms = ("sft", "filtered", "pretrain", "stage1")  # stage1-sN: the pretrain arm's weak-pair stage
+    arms = ("sft", "filtered", "pretrain", "pretrain-stage1")  # pretrain-stage1-sN: the pretrain arm's weak-pair stage
     assert sorted(trains) == sorted(f"{arm}-s{seed}" for arm in arms for seed in (1, 2, 3))
-    assert "stage=pretrain" in trains["stage1-s1"] and "stage=sft" in trains["pretrain-s1"]
+    assert "stage=pretrain" in trains["pretrain-stage1-s1"] and "stage=sft" in trains["pretrain-s1"]
     assert "negatives.per_query=0" in trains["sft-s2"] and "negatives.per_query=1" in trains["filtered-s2"]
     assert f"data.train={tmp_path / 'work' / 'mined-filtered.jsonl'}" in trains["pretrain-s3"]
-    assert "backbone.path=" + str(tmp_path / "work" / "stage1-s3" / "final") in trains["pretrain-s3"]
+    assert "backbone.path=" + str(tmp_path / "work" / "pretrain-stage1-s3" / "final") in trains["pretrain-s3"]
     mines = [call for call in fake.calls if call[0] == "mine"]
     assert len(mines) == 1 and "--relative-margin" in mines[0]  # mined once, shared by filtered and pretrain
     (merge,) = [call for call in fake.calls if call[0] == "merge"]
@@ -124,3 +124,27 @@ def test_stdlib_mines_among_the_training_positives(monkeypatch, tmp_path):
     (split,) = [call for call in fake.calls if call[0] == "data"]
     (mine,) = [call for call in fake.calls if call[0] == "mine"]
     assert "--beir" not in split and "--corpus" not in mine  # no corpus: `embedtune mine` searches the positives
+
+
+def test_synth_arm_pretrains_on_the_synthetic_pairs_with_the_weak_stages_budget(monkeypatch, tmp_path):
+    module = load_script()
+    fake = FakeEmbedtune()
+    monkeypatch.setattr(module.subprocess, "run", fake)
+    argv = ["ablation.py", "--work", str(tmp_path / "work"), "--arms", "pretrain", "synth", "--seeds", "1", "--synth", "synth.jsonl",
+            "--pretrain-steps", "7", "--data-dir", str(tmp_path)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    module.main()
+    trains = {Path(dict(a.split("=", 1) for a in call if "=" in a)["output_dir"]).name: call for call in fake.calls if call[0] == "train"}
+    assert sorted(trains) == ["pretrain-s1", "pretrain-stage1-s1", "synth-s1", "synth-stage1-s1"]
+    assert "data=weak" in trains["pretrain-stage1-s1"] and "data.train=synth.jsonl" in trains["synth-stage1-s1"]
+    assert all("train.max_steps=7" in trains[f"{arm}-stage1-s1"] for arm in ("pretrain", "synth"))
+    assert "backbone.path=" + str(tmp_path / "work" / "synth-stage1-s1" / "final") in trains["synth-s1"]
+    assert "filtered, after pre-training on synthetic queries" in (tmp_path / "work" / "ablation.md").read_text()
+
+
+def test_synth_arm_without_its_pairs_file_is_refused(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sys, "argv", ["ablation.py", "--work", str(tmp_path / "work"), "--arms", "synth"])
+    with pytest.raises(SystemExit):
+        load_script().main()
+    assert "the synth arm needs --synth PAIRS_FILE" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
