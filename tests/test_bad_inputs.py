@@ -55,6 +55,12 @@ CASES = [
         "one.jsonl: 1 positive pair(s); the geometry of an embedding space needs at least 2",
     ),
     (["diagnose", "--model", "all-MiniLM-L6-v2", "--data", "{pairs}", "--max-length", "0"], "--max-length must be >= 1, got 0"),
+    (["diagnose", "--model", "all-MiniLM-L6-v2", "--data", "{pairs}", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["eval", "--model", "all-MiniLM-L6-v2", "--data", "{pairs}", "--batch-size", "-2"], "--batch-size must be >= 1, got -2"),
+    (
+        ["mine", "--model", "all-MiniLM-L6-v2", "--data", "{pairs}", "--out", "{tmp}/m.jsonl", "--batch-size", "0"],
+        "--batch-size must be >= 1, got 0",
+    ),
     (
         ["train", "data=files", "data.train={pairs}", "train.scheduler=bogus", "output_dir={tmp}/r2"],
         "train.scheduler must be one of linear, cosine",

@@ -313,6 +313,7 @@ def test_dtype_is_recorded_and_a_resume_under_another_is_refused(tiny_chat_lm, c
         (["--temperature", "-1"], "--temperature must be >= 0"),
         (["--top-p", "0"], "--top-p must be in (0, 1]"),
         (["--max-docs", "0"], "--max-docs must be >= 1"),
+        (["--filter-k", "0"], "--filter-k must be >= 1, got 0"),
         (["--resume", "--overwrite"], "pass one of them"),
         (["--out", "{tmp}/orphan.jsonl", "--resume"], "orphan.jsonl.meta.json is missing"),
     ],

@@ -13,6 +13,15 @@ def fail(command: str, message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def require_at_least_one(command: str, options: argparse.Namespace, *flags: str) -> None:
+    """Fail with one line on the first of ``flags`` (such as ``--batch-size``) set below 1; an
+    unset one (None) passes."""
+    for flag in flags:
+        value = getattr(options, flag.removeprefix("--").replace("-", "_"))
+        if value is not None and value < 1:
+            fail(command, f"{flag} must be >= 1, got {value}")
+
+
 def best_device() -> str:
     """Where a command runs its model: the GPU when there is one, else the CPU."""
     import torch

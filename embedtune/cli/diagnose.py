@@ -16,6 +16,7 @@ from embedtune.cli.common import (
     fail,
     plots_module,
     quiet_transformers,
+    require_at_least_one,
 )
 from embedtune.errors import DataError, EmbedtuneError
 
@@ -59,12 +60,9 @@ def parse_args(args: list[str]) -> argparse.Namespace:
 
 def main(args: list[str]) -> None:
     options = parse_args(args)
-    if options.batch_size < 1:
-        fail("diagnose", f"--batch-size must be >= 1, got {options.batch_size}")
+    require_at_least_one("diagnose", options, "--batch-size", "--max-length")
     if options.max_pairs < 2:
         fail("diagnose", f"--max-pairs must be >= 2 (random pairs need two positives), got {options.max_pairs}")
-    if options.max_length is not None and options.max_length < 1:
-        fail("diagnose", f"--max-length must be >= 1, got {options.max_length}")
     plots = plots_module("diagnose") if options.plots else None  # before the slow part: a missing matplotlib fails now
     out_dir = Path(options.out_dir or "diagnostics") if (options.out_dir or options.plots) else None
     check_outputs("diagnose", [("--out-dir", out_dir, True)], True, tuple(options.data))

@@ -14,6 +14,7 @@ from embedtune.cli.common import (
     fail,
     plots_module,
     quiet_transformers,
+    require_at_least_one,
 )
 from embedtune.errors import EmbedtuneError
 
@@ -86,8 +87,7 @@ def parse_args(args: list[str]) -> argparse.Namespace:
 
 def check_options(options: argparse.Namespace) -> None:
     """Every flag's value, before anything loads."""
-    if options.batch_size < 1:
-        fail("eval", f"--batch-size must be >= 1, got {options.batch_size}")
+    require_at_least_one("eval", options, "--batch-size", "--probe-draws", "--max-length")
     if options.dims and min(options.dims) < 1:
         fail("eval", f"--dims must be positive, got {min(options.dims)}")
     if not options.data and not options.probe:
@@ -98,14 +98,10 @@ def check_options(options: argparse.Namespace) -> None:
         fail("eval", f"--test-fraction must be in (0, 1), got {options.test_fraction}")
     if any(sigma < 0 for sigma in options.probe_noise or []):
         fail("eval", f"--probe-noise must be >= 0, got {min(options.probe_noise)}")
-    if options.probe_draws is not None and options.probe_draws < 1:
-        fail("eval", f"--probe-draws must be >= 1, got {options.probe_draws}")
     if options.probe_l2 <= 0:
         fail("eval", f"--probe-l2 must be > 0, got {options.probe_l2}")
     if options.diagnose and not options.data:
         fail("eval", "--diagnose needs --data (the pairs whose geometry to look at)")
-    if options.max_length is not None and options.max_length < 1:
-        fail("eval", f"--max-length must be >= 1, got {options.max_length}")
     inputs = (*options.data, options.probe, options.probe_test)
     check_outputs(
         "eval", [("--out", options.out, False), ("--csv", options.csv, False), ("--plot", options.plot, False)], options.overwrite, inputs

@@ -13,7 +13,15 @@ import json
 import time
 from pathlib import Path
 
-from embedtune.cli.common import add_overwrite_flag, best_device, check_outputs, command_parser, fail, quiet_transformers
+from embedtune.cli.common import (
+    add_overwrite_flag,
+    best_device,
+    check_outputs,
+    command_parser,
+    fail,
+    quiet_transformers,
+    require_at_least_one,
+)
 from embedtune.console import stdout
 from embedtune.errors import EmbedtuneError
 
@@ -81,10 +89,7 @@ def parse_args(args: list[str]) -> argparse.Namespace:
 def main(args: list[str]) -> None:
     options = parse_args(args)
     started = time.perf_counter()
-    if options.batch_size < 1:
-        fail("mine", f"--batch-size must be >= 1, got {options.batch_size}")
-    if options.max_length is not None and options.max_length < 1:
-        fail("mine", f"--max-length must be >= 1, got {options.max_length}")
+    require_at_least_one("mine", options, "--batch-size", "--max-length")
     if Path(options.out).suffix.lower() not in OUTPUT_SUFFIXES:
         fail("mine", f"--out must be a .jsonl file, got {options.out}")
     check_outputs("mine", [("--out", options.out, False)], options.overwrite, (options.data, options.corpus))

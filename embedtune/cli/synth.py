@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 
 from embedtune import __version__
-from embedtune.cli.common import add_overwrite_flag, best_device, check_outputs, command_parser, fail, quiet_transformers
+from embedtune.cli.common import (
+    add_overwrite_flag,
+    best_device,
+    check_outputs,
+    command_parser,
+    fail,
+    quiet_transformers,
+    require_at_least_one,
+)
 from embedtune.console import progress_bar, stdout
 from embedtune.errors import EmbedtuneError
 
@@ -76,9 +84,7 @@ def check_options(options: argparse.Namespace) -> None:
         fail("synth", f"--templates: unknown template '{unknown[0]}' (choose from {', '.join(TEMPLATES)})")
     if len(set(options.templates)) < len(options.templates):
         fail("synth", "--templates: a template is named twice")
-    for flag, value in (("--max-docs", options.max_docs), ("--batch-size", options.batch_size), ("--filter-k", options.filter_k)):
-        if value is not None and value < 1:
-            fail("synth", f"{flag} must be >= 1, got {value}")
+    require_at_least_one("synth", options, "--max-docs", "--batch-size", "--filter-k")
     if Path(options.out).suffix.lower() != ".jsonl":
         fail("synth", f"--out must be a .jsonl file, got {options.out}")
     if options.resume and options.overwrite:
