@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedtune import __version__
 from embedtune.cli.common import (
@@ -27,6 +28,12 @@ from embedtune.cli.common import (
 )
 from embedtune.console import progress_bar, stdout
 from embedtune.errors import EmbedtuneError
+
+if TYPE_CHECKING:  # the synth package loads torch: imported where it runs
+    from embedtune.synth.corpus import Document
+    from embedtune.synth.generate import Sampling
+    from embedtune.synth.run import Job, OutputFiles
+    from embedtune.synth.templates import Template
 
 DESCRIPTION = (
     "Write training pairs for a corpus with a local causal LM (a Hugging Face folder or a .gguf file; chat template used "
@@ -100,14 +107,53 @@ def check_output_files(options: argparse.Namespace, files, inputs: tuple) -> Non
         fail("synth", f"--resume: {files.meta} is missing, so {files.pairs} cannot be continued; pass --overwrite to start again")
 
 
+@dataclasses.dataclass
+class Plan:
+    """What a run does, read and checked before anything loads or is written."""
+
+    files: OutputFiles
+    corpus: list[Document]  # every document (the filter searches them all)
+    jobs: list[Job]  # (template, document) generations of the sample
+    templates: list[Template]
+    sampling: Sampling
+    generator_path: str
+    filter_path: str | None
+    device: str
+    dtype: str
+    settings: dict  # what OUT.meta.json records
+
+
 def main(args: list[str]) -> None:
     options = parse_args(args)
     started = time.perf_counter()
     check_options(options)
+    run = plan_run(options)
+    generator, consistency, done = load(options, run)
+    remaining = sum(job.key not in done for job in run.jobs)
+    if consistency and remaining:
+        embed_filter_corpus(consistency, run)
+    loaded = time.perf_counter()
 
+    from embedtune.synth.run import count, finish, synthesize
+
+    try:
+        with progress_bar(f"generating ({len(run.jobs) - remaining} done before)" if done else "generating", remaining) as advance:
+            synthesize(generator, run.jobs, run.sampling, options.batch_size, run.files, done, consistency, advance)
+    except KeyboardInterrupt:
+        fail("synth", f"interrupted; the finished batches are in {run.files.pairs}: run the same command with --resume to continue")
+    generated = time.perf_counter()
+    counts = count(run.files)
+    finish(run.files, run.settings, counts, generated - started)
+    timings = {"load" + (" + embed corpus" if consistency else ""): loaded - started, "generate": generated - loaded}
+    stdout.print(_report(options, run.settings["documents"], counts, remaining, timings))
+
+
+def plan_run(options: argparse.Namespace) -> Plan:
+    """The corpus, its sample, the models' paths and the outputs, checked (a --resume against the
+    settings it started with); nothing is loaded or written yet."""
     from embedtune.synth.corpus import corpus_file, load_documents, sample_documents
     from embedtune.synth.generate import Sampling, generator_dtype
-    from embedtune.synth.run import OutputFiles, check_resume, count, finish, plan, start, synthesize
+    from embedtune.synth.run import OutputFiles, check_resume, plan
     from embedtune.synth.templates import TEMPLATES
 
     files = OutputFiles.of(options.out)
@@ -121,7 +167,6 @@ def main(args: list[str]) -> None:
         fail("synth", str(error))
     templates = [TEMPLATES[name] for name in options.templates]
     documents = sample_documents(corpus, options.max_docs, options.seed)
-    jobs = plan(documents, templates)
     device = best_device()
     dtype = generator_dtype(options.dtype, device)
     settings = _settings(options, generator_path, len(corpus), len(documents), templates, sampling, dtype)
@@ -130,41 +175,32 @@ def main(args: list[str]) -> None:
             check_resume(files, settings)
         except EmbedtuneError as error:
             fail("synth", str(error))
+    return Plan(files, corpus, plan(documents, templates), templates, sampling, generator_path, filter_path, device, dtype, settings)
 
+
+def load(options: argparse.Namespace, run: Plan):
+    """The generator, the consistency filter (None without --filter-model), and the jobs done
+    before (a --resume), once the outputs are started."""
     from embedtune.synth.consistency import ConsistencyFilter
     from embedtune.synth.generate import load_generator
+    from embedtune.synth.run import start
 
     quiet_transformers()
     try:
-        generator = load_generator(generator_path, device, dtype)
-        consistency = ConsistencyFilter(_load_filter(filter_path).to(device), options.filter_k) if filter_path else None
-        done = start(files, settings, options.resume)
+        generator = load_generator(run.generator_path, run.device, run.dtype)
+        consistency = ConsistencyFilter(_load_filter(run.filter_path).to(run.device), options.filter_k) if run.filter_path else None
+        done = start(run.files, run.settings, options.resume)
     except EmbedtuneError as error:
         fail("synth", str(error))
-    remaining = sum(job.key not in done for job in jobs)
-    if consistency and remaining:
-        sources = {template: list(dict.fromkeys(template.source(d.text) for d in corpus)) for template in templates}
-        with progress_bar("embedding the filter's corpus", sum(map(len, sources.values()))) as advance:
-            for template, texts in sources.items():
-                consistency.add_corpus(template.name, texts, template.symmetric, advance)
-    loaded = time.perf_counter()
-    try:
-        with progress_bar(f"generating ({len(jobs) - remaining} done before)" if done else "generating", remaining) as advance:
-            synthesize(generator, jobs, sampling, options.batch_size, files, done, consistency, advance)
-    except KeyboardInterrupt:
-        fail("synth", f"interrupted; the finished batches are in {files.pairs}: run the same command with --resume to continue")
-    generated = time.perf_counter()
-    counts = count(files)
-    finish(files, settings, counts, generated - started)
-    stdout.print(
-        _report(
-            options,
-            len(documents),
-            counts,
-            remaining,
-            {"load" + (" + embed corpus" if consistency else ""): loaded - started, "generate": generated - loaded},
-        )
-    )
+    return generator, consistency, done
+
+
+def embed_filter_corpus(consistency, run: Plan) -> None:
+    """Embed every document's source text once per template, for the filter to rank against."""
+    sources = {template: list(dict.fromkeys(template.source(d.text) for d in run.corpus)) for template in run.templates}
+    with progress_bar("embedding the filter's corpus", sum(map(len, sources.values()))) as advance:
+        for template, texts in sources.items():
+            consistency.add_corpus(template.name, texts, template.symmetric, advance)
 
 
 def _settings(options: argparse.Namespace, generator_path: str, corpus: int, documents: int, templates: list, sampling, dtype: str) -> dict:
