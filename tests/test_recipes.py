@@ -60,7 +60,7 @@ def flags_of(command: str, capsys) -> set[str]:
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.name)
 def test_recipe_commands_are_valid(recipe, tmp_path, capsys):
     calls = recorded_calls(recipe, tmp_path)
-    assert {"train", "mine", "merge", "eval"} <= {call[0] for call in calls}, calls
+    assert {"train", "mine", "eval"} <= {call[0] for call in calls}, calls
     shutil.rmtree(tmp_path / "work")  # the stand-ins for later steps' inputs: each train call's folder is new
     for command, *args in calls:
         if command == "train":
