@@ -45,6 +45,19 @@ PACKAGED_HUB_IDS = {
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def has_fast_bfloat16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 in hardware: a CUDA GPU that supports it (Ampere and
+    later), or a CPU with AVX512-BF16 or AMX units. Elsewhere bfloat16 is emulated, and a model runs
+    in it slower than in float32 (scripts/bench.py), so bfloat16 is worth choosing only here."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":  # torch.cpu's probes of the instruction set (private, hence looked up)
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A local folder or ``.gguf`` file as is; a packaged model's name as its installed folder (or
     its ``.gguf`` file); a Hub id only when the local Hugging Face cache holds it (nothing is

@@ -2,7 +2,7 @@
 
     python scripts/bench.py                          # every section (about 30 min on 2 CPU cores)
     python scripts/bench.py --quick                  # smaller sizes, fewer steps (about 10 min)
-    python scripts/bench.py --only train,encode      # some sections: train,gradcache,encode,mine,merge,flops,gpu,gpu-decoder
+    python scripts/bench.py --only train,encode      # some sections: train,train-bf16,gradcache,encode,mine,merge,flops,gpu,gpu-decoder
     python scripts/bench.py --only gpu-decoder --decoder-size tiny --decoder-batch 32 --decoder-mini-batch 8   # CPU smoke test
     python scripts/bench.py --json runs/bench.json   # where the JSON goes (default runs/bench.json)
 
@@ -29,6 +29,11 @@ package for both; max length 128 tokens for queries and documents alike):
   stdlib held-out set (300 summaries against 809 functions of packages never trained on) of
   both models after the batch-32 steps, each encoded by its own toolkit and scored by the same
   code.
+- train-bf16: the train comparison (both batch sizes, then the held-out quality) with each
+  toolkit's model forward under bf16 autocast and float32 outputs, which is what Accelerate's
+  mixed_precision=bf16 does to embedtune's loop (``train.mixed_precision=bf16`` or ``auto``) and to
+  sentence-transformers' trainer (``bf16=True``). Only on a CPU with bfloat16 units (AVX512-BF16 or
+  AMX, `has_fast_bfloat16`); elsewhere bfloat16 is emulated and the section is skipped.
 - gradcache: one process per configuration (peak RSS is a high-water mark): embedtune's
   `gradcache_step` vs ``CachedMultipleNegativesRankingLoss``, both with mini-batches of 32, at
   batch 32 and batch 1024 (``--quick``: 256); one untimed warm-up step at batch 32 first.
@@ -71,7 +76,7 @@ package for both; max length 128 tokens for queries and documents alike):
 Threads: OMP_WAIT_POLICY=PASSIVE is set before torch loads, for both toolkits alike. With
 OpenMP's default spin-waiting, every parallel op on a CPU shared with other processes waited
 for descheduled threads: a MiniLM training step took 4-6x longer on these 2 shared cores.
-bf16 autocast is left off: this CPU has no avx512_bf16/AMX, and it measured ~25x slower.
+Every section but train-bf16 and gpu-decoder runs in float32.
 """
 
 from __future__ import annotations
@@ -103,7 +108,7 @@ from embedtune.data.collate import PairCollator
 from embedtune.data.types import Pair
 from embedtune.eval.diagnostics import geometry
 from embedtune.losses.infonce import InfoNCE
-from embedtune.model import load_embedder, resolve_model_path
+from embedtune.model import has_fast_bfloat16, load_embedder, resolve_model_path
 from embedtune.training.build import parameter_groups
 from embedtune.training.distributed import freeze_unused_pooler
 from embedtune.training.gradcache import gradcache_step
@@ -113,7 +118,7 @@ MAX_LENGTH = 128
 DECODER_QUERY_MAX_LENGTH = 64  # gpu-decoder: query tokens, as the reported decoder run (train.query_max_length)
 TEMPERATURE = 0.05
 LR = 2e-5
-SECTIONS = ("train", "gradcache", "encode", "mine", "merge", "flops", "gpu", "gpu-decoder")
+SECTIONS = ("train", "train-bf16", "gradcache", "encode", "mine", "merge", "flops", "gpu", "gpu-decoder")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 console = Console(stderr=True)
 
@@ -191,9 +196,11 @@ class EmbedtuneRun:
 
     name = "embedtune"
 
-    def __init__(self, device: str = "cpu", mini_batch_size: int | None = None) -> None:
+    def __init__(self, device: str = "cpu", mini_batch_size: int | None = None, bf16: bool = False) -> None:
         self.model = load_embedder(MODEL, max_length=MAX_LENGTH).to(device).train()
         freeze_unused_pooler(self.model)
+        if bf16:
+            bf16_forward(self.model, device)
         self.device = device
         self.collate = PairCollator(self.model.tokenizer, MAX_LENGTH, MAX_LENGTH)
         self.loss_fn = InfoNCE(temperature=TEMPERATURE)
@@ -229,7 +236,7 @@ class SentenceTransformersRun:
 
     name = "sentence-transformers"
 
-    def __init__(self, device: str = "cpu", mini_batch_size: int | None = None) -> None:
+    def __init__(self, device: str = "cpu", mini_batch_size: int | None = None, bf16: bool = False) -> None:
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
         from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
@@ -237,6 +244,8 @@ class SentenceTransformersRun:
         self.model = SentenceTransformer(resolve_model_path(MODEL), device=device)
         self.model.max_seq_length = MAX_LENGTH
         self.model.train()
+        if bf16:
+            bf16_forward(self.model, device)
         self.device = device
         self.collate = SentenceTransformerDataCollator(preprocess_fn=self.model.preprocess)
         if mini_batch_size:
@@ -267,6 +276,15 @@ class SentenceTransformersRun:
         return self.model.encode(texts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True).cpu()
 
 
+def bf16_forward(model: torch.nn.Module, device: str) -> None:
+    """Run ``model``'s forward under bf16 autocast with float32 outputs, as Accelerate's
+    ``prepare_model`` does under mixed_precision=bf16 (embedtune's loop; sentence-transformers'
+    trainer with bf16=True): weights, gradients and the optimizer stay float32."""
+    from accelerate.utils import convert_outputs_to_fp32
+
+    model.forward = convert_outputs_to_fp32(torch.autocast(torch.device(device).type, dtype=torch.bfloat16)(model.forward))
+
+
 def _nothing() -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
@@ -295,13 +313,18 @@ def interleaved_steps(runs: list, batch_list: list[list[tuple[str, str]]], warmu
 # --- sections --------------------------------------------------------------------------------
 
 
-def bench_train(options, pairs: list[tuple[str, str]], device: str = "cpu", sizes: tuple[int, ...] | None = None) -> dict:
-    """Training throughput at each batch size, then held-out nDCG@10 of the batch-32 models."""
+def bench_train(
+    options, pairs: list[tuple[str, str]], device: str = "cpu", sizes: tuple[int, ...] | None = None, bf16: bool = False
+) -> dict:
+    """Training throughput at each batch size, then held-out nDCG@10 of the batch-32 models;
+    ``bf16``: both models' forward under bf16 autocast."""
     results: dict = {}
     sizes = sizes or ((32, options.steps_32), (128, options.steps_128))
     for batch_size, steps in sizes:
-        console.log(f"[bold]train[/] batch {batch_size}: {steps} timed steps per toolkit after 1 warm-up, on {device}")
-        runs = [EmbedtuneRun(device), SentenceTransformersRun(device)]
+        console.log(
+            f"[bold]train[/] batch {batch_size}{' bf16' if bf16 else ''}: {steps} timed steps per toolkit after 1 warm-up, on {device}"
+        )
+        runs = [EmbedtuneRun(device, bf16=bf16), SentenceTransformersRun(device, bf16=bf16)]
         batch_list = batches(pairs, batch_size, steps + 1)
         seconds = interleaved_steps(runs, batch_list)
         results[batch_size] = {
@@ -751,31 +774,34 @@ def report(results: dict) -> Table:
         mark = "" if met is None else "[green]yes[/]" if met else "[red]no[/]"
         table.add_row(section, measure, ours, theirs, "" if ratio is None else f"{ratio:.2f}x", target, mark)
 
-    train = results.get("train", {})
-    for size in (32, 128):
-        if size in train:
-            speed = train[size]["pairs_per_s"]
-            ratio = speed["embedtune"] / speed["sentence-transformers"]
+    for section in ("train", "train-bf16"):
+        train = results.get(section, {})
+        if "skipped" in train:
+            row(section, train["skipped"], "", "", None, "", None)
+        for size in (32, 128):
+            if size in train:
+                speed = train[size]["pairs_per_s"]
+                ratio = speed["embedtune"] / speed["sentence-transformers"]
+                row(
+                    section,
+                    f"pairs/s, batch {size} ({train[size]['steps']} steps)",
+                    f"{speed['embedtune']:.2f}",
+                    f"{speed['sentence-transformers']:.2f}",
+                    ratio,
+                    ">= 1.5x",
+                    ratio >= 1.5,
+                )
+        if "quality" in train:
+            quality = train["quality"]
             row(
-                "train",
-                f"pairs/s, batch {size} ({train[size]['steps']} steps)",
-                f"{speed['embedtune']:.2f}",
-                f"{speed['sentence-transformers']:.2f}",
-                ratio,
-                ">= 1.5x",
-                ratio >= 1.5,
+                "quality" if section == "train" else "quality-bf16",
+                f"held-out nDCG@10 after {quality['steps']} steps",
+                f"{quality['embedtune']:.4f}",
+                f"{quality['sentence-transformers']:.4f}",
+                None,
+                "no worse (+-0.01)",
+                quality["embedtune"] >= quality["sentence-transformers"] - 0.01,
             )
-    if "quality" in train:
-        quality = train["quality"]
-        row(
-            "quality",
-            f"held-out nDCG@10 after {quality['steps']} steps",
-            f"{quality['embedtune']:.4f}",
-            f"{quality['sentence-transformers']:.4f}",
-            None,
-            "no worse (+-0.01)",
-            quality["embedtune"] >= quality["sentence-transformers"] - 0.01,
-        )
     if "gradcache" in results:
         cached = results["gradcache"]
         large = max(cached)
@@ -1000,6 +1026,12 @@ def main() -> None:
         results["train"] = (
             bench_train(options, pairs) if "train" in sections else bench_train(options, pairs, sizes=((32, options.steps_32),))
         )
+        save(results, options.json)
+    if "train-bf16" in sections:
+        if has_fast_bfloat16("cpu"):
+            results["train-bf16"] = bench_train(options, pairs, bf16=True)
+        else:
+            results["train-bf16"] = {"skipped": "skipped: this CPU has no bfloat16 units (AVX512-BF16 or AMX)"}
         save(results, options.json)
     if "encode" in sections:
         results["encode"] = bench_encode(options, corpus_texts(options.data_dir, options.encode_texts, seed=1))

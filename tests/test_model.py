@@ -1,10 +1,12 @@
 """The Embedder: encode order, save/load round trip, sentence-transformers compatibility."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from embedtune.errors import EmbedtuneError
-from embedtune.model import load_embedder
+from embedtune.model import has_fast_bfloat16, load_embedder
 
 TEXTS = ["a short text", "a considerably longer text that needs more tokens than the other ones do", "mid length text here"]
 
@@ -114,3 +116,19 @@ def test_left_padded_batches_run_as_one_pass(tiny_bert_dir, monkeypatch):
     features = model.tokenize(MIXED)
     model(features)
     assert calls == [features["input_ids"].shape]
+
+
+def test_fast_bfloat16_on_a_cpu_is_what_its_instruction_set_says():
+    """The CPU probe against the kernel's own list of the CPU's features."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    assert has_fast_bfloat16("cpu") == bool(flags & {"avx512_bf16", "amx_tile"})
+
+
+def test_fast_bfloat16_asks_cuda_on_a_gpu_and_is_false_elsewhere(monkeypatch):
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert has_fast_bfloat16("cuda") is supported
+    assert has_fast_bfloat16("meta") is False

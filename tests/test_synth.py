@@ -289,8 +289,9 @@ def test_dtype_is_recorded_and_a_resume_under_another_is_refused(tiny_chat_lm, c
     run_synth(tiny_chat_lm, corpus_file, tmp_path / "b.jsonl", "--dtype", "bfloat16")
     assert json.loads((tmp_path / "b.jsonl.meta.json").read_text())["settings"]["dtype"] == "bfloat16"
     assert read_rows(tmp_path / "b.jsonl") or read_rows(tmp_path / "b.jsonl.rejected")
-    with pytest.raises(SystemExit):  # auto is float32 on a CPU
-        main(["synth", "--corpus", str(corpus_file), "--model", str(tiny_chat_lm), "--out", str(tmp_path / "b.jsonl"), "--resume"])
+    resume = ["--corpus", str(corpus_file), "--model", str(tiny_chat_lm), "--out", str(tmp_path / "b.jsonl"), "--resume"]
+    with pytest.raises(SystemExit):
+        main(["synth", *resume, "--dtype", "float32"])
     assert "(dtype: bfloat16 there, float32 now)" in capsys.readouterr().err
 
 

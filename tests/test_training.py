@@ -1,6 +1,7 @@
 """Training must make a real model better on held-out data it never saw."""
 
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from embedtune.training.config import config_dir
 from embedtune.training.run import run
@@ -147,3 +148,30 @@ def test_old_and_new_name_of_one_key_set_to_different_values_is_refused(tiny_ber
     cfg = compose_tiny(tiny_bert_dir, rich_pairs, "train.save_every=1", "save.model_every_n_steps=2")
     with pytest.raises(ConfigError, match="train.save_every is the old name of save.model_every_n_steps"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("fast_bfloat16, runs_as", [(True, "bf16"), (False, "no")])
+def test_auto_mixed_precision_is_bf16_only_where_bfloat16_is_fast_and_is_recorded(
+    tiny_bert_dir, rich_pairs, tmp_path, monkeypatch, fast_bfloat16, runs_as
+):
+    monkeypatch.setattr("embedtune.training.build.has_fast_bfloat16", lambda device: fast_bfloat16)
+    run(compose_tiny(tiny_bert_dir, rich_pairs, "train.mixed_precision=auto"), tmp_path)
+    assert OmegaConf.load(tmp_path / "config.yaml").train.mixed_precision == runs_as
+    card = (tmp_path / "final" / "README.md").read_text()
+    assert ("bf16 mixed precision" in card) == (runs_as == "bf16")
+
+
+def test_bf16_where_bfloat16_is_emulated_trains_with_a_one_line_warning(tiny_bert_dir, rich_pairs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("embedtune.training.build.has_fast_bfloat16", lambda device: False)
+    run(compose_tiny(tiny_bert_dir, rich_pairs, "train.mixed_precision=bf16"), tmp_path)
+    assert OmegaConf.load(tmp_path / "config.yaml").train.mixed_precision == "bf16"
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "train.mixed_precision=bf16" in line]
+    assert len(warnings) == 1 and "emulated" in warnings[0] and "train.mixed_precision=auto" in warnings[0]
+
+
+def test_runs_in_one_process_may_differ_in_mixed_precision(tiny_bert_dir, rich_pairs, tmp_path, monkeypatch):
+    """A sweep (-m) runs its jobs in one process; Accelerate keeps its state between them."""
+    monkeypatch.setattr("embedtune.training.build.has_fast_bfloat16", lambda device: True)
+    for precision in ("no", "bf16", "no"):
+        run(compose_tiny(tiny_bert_dir, rich_pairs, f"train.mixed_precision={precision}"), tmp_path / precision)
+        assert OmegaConf.load(tmp_path / precision / "config.yaml").train.mixed_precision == precision

@@ -70,7 +70,7 @@ def parse_args(args: list[str]) -> argparse.Namespace:
         "--dtype",
         choices=["auto", "float32", "bfloat16", "float16"],
         default="auto",
-        help="the LM's dtype; auto: bfloat16 on a GPU, float32 on a CPU (bfloat16 is faster on CPUs with AVX512-BF16 or AMX)",
+        help="the LM's dtype; auto: bfloat16 where the device has bfloat16 units (recent GPUs, CPUs with AVX512-BF16 or AMX), else float32",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="prompts generated together, left-padded (default: 16)")
     parser.add_argument(

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from embedtune.errors import ConfigError, EmbedtuneError
-from embedtune.model import gguf_options, resolve_model_path
+from embedtune.model import gguf_options, has_fast_bfloat16, resolve_model_path
 from embedtune.synth.templates import Template
 
 
@@ -118,10 +118,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def generator_dtype(name: str, device: str) -> str:
-    """The dtype the LM runs in: ``auto`` is bfloat16 on a GPU and float32 on a CPU (where
-    bfloat16 pays only on CPUs with bfloat16 units, e.g. AVX512-BF16 or AMX: pass it there)."""
+    """The dtype the LM runs in: ``auto`` is bfloat16 where ``device`` computes in it in hardware
+    (`has_fast_bfloat16`: a recent GPU, a CPU with AVX512-BF16 or AMX) and float32 elsewhere,
+    where emulated bfloat16 is slower than float32."""
     if name == "auto":
-        return "bfloat16" if device.startswith("cuda") else "float32"
+        return "bfloat16" if has_fast_bfloat16(device) else "float32"
     return name
 
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
+from embedtune.console import announce
 from embedtune.data.collate import PairCollator
 from embedtune.data.lengths import Lengths, measure, sample_pairs
 from embedtune.data.sampler import ShuffledBatchSampler
@@ -26,7 +28,7 @@ from embedtune.errors import ConfigError, DataError
 from embedtune.hub import check_upload
 from embedtune.lora import apply_lora
 from embedtune.losses.matryoshka import Matryoshka
-from embedtune.model import Embedder, hub_id, load_embedder
+from embedtune.model import Embedder, has_fast_bfloat16, hub_id, load_embedder
 from embedtune.model_card import TrainingRecipe
 from embedtune.training import checkpoint, tracking
 from embedtune.training.config import instantiate_group
@@ -98,6 +100,8 @@ def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
     """Every phase of the set-up, in order; raises `ConfigError` / `DataError` before training."""
     if cfg.hub.repo_id is not None:  # first: a run that cannot publish stops before it loads or trains anything
         check_upload(cfg.hub.repo_id, cfg.hub.exist_ok)
+    forget_previous_accelerator()
+    cfg.train.mixed_precision = precision(cfg.train.mixed_precision)  # config.yaml and the card record what runs
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
@@ -137,6 +141,29 @@ def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
         card=card_recipe(cfg, data, loss_fn.loss if isinstance(loss_fn, CrossDevice) else loss_fn, resolved_config),
         hub_repo_id=cfg.hub.repo_id, hub_private=cfg.hub.private,
     )  # fmt: skip
+
+
+def forget_previous_accelerator() -> None:
+    """Clear the settings an earlier run of this process gave Accelerate (mixed precision, plugins),
+    keeping its processes: a sweep (``-m``) runs its jobs one after another in one process, and
+    Accelerate refuses an Accelerator whose mixed precision differs from the first one's."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def precision(asked: str) -> str:
+    """train.mixed_precision as it will run on this process's device. ``auto`` is bf16 where the
+    device computes in bfloat16 in hardware (`has_fast_bfloat16`: a recent GPU, a CPU with
+    AVX512-BF16 or AMX) and no elsewhere; a bf16 asked for where it is emulated runs, with a
+    warning, because it is many times slower there than float32."""
+    device = PartialState().device
+    if asked == "auto":
+        return "bf16" if has_fast_bfloat16(device) else "no"
+    if asked == "bf16" and not has_fast_bfloat16(device):
+        announce(
+            f"warning: train.mixed_precision=bf16 on this {device.type}, which has no bfloat16 units (AVX512-BF16, AMX or a GPU "
+            "from Ampere on): bfloat16 is emulated here and slower than float32; train.mixed_precision=auto picks what is fast"
+        )
+    return asked
 
 
 def build_data(cfg: DictConfig) -> TrainEvalData:

@@ -18,7 +18,7 @@ from embedtune.model import HUB_ID
 from embedtune.pooling import POOLINGS
 from embedtune.training.tracking import check_logger
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = ("no", "fp16", "bf16", "auto")
 # transformers' learning-rate schedules that need nothing but the warm-up and total steps (the
 # others need a metric every step or extra arguments the config does not give them).
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")

@@ -1,5 +1,5 @@
-"""scripts/bench.py's gpu-decoder section: its FLOP count against torch's own, and a CPU smoke
-run of the whole section on a tiny random decoder."""
+"""scripts/bench.py: the train-bf16 section's autocast against torch's own, the gpu-decoder
+section's FLOP count against torch's, and a CPU smoke run of that section on a tiny random decoder."""
 
 import importlib.util
 import json
@@ -17,6 +17,22 @@ def _bench_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_bf16_forward_is_the_autocast_forward_with_float32_outputs():
+    """What the train-bf16 section does to both toolkits' models, against torch.autocast itself."""
+    bench = _bench_module()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    inputs = torch.randn(4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(inputs).float()
+    full_precision = model(inputs)
+    bench.bf16_forward(model, "cpu")
+    outputs = model(inputs)
+    assert outputs.dtype == torch.float32 and all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.equal(outputs, expected)
+    assert not torch.equal(outputs, full_precision)  # the forward did run in bfloat16
 
 
 def test_decoder_training_flops_are_torchs_count_of_the_matmuls_less_the_causally_masked_half():
