@@ -13,12 +13,12 @@
 # Usage: bash recipes/scifact_synth_cpu.sh [WORK_DIR]     (default: runs/scifact-synth-cpu)
 # DATA: a folder with scifact/ (BEIR layout) and stsb/ (default: ../shared/data).
 # MAX_DOCS: synthesise for a seeded sample of this many abstracts (default: all 5,183, about 45 min
-#   on 2 cores with bfloat16 units). DTYPE: the LM's dtype (default bfloat16; float32 on a CPU
-#   without bfloat16 units, AVX512-BF16 or AMX, where bfloat16 is slow).
+#   on 2 cores with bfloat16 units). DTYPE: the LM's dtype (default auto: bfloat16 on a CPU with
+#   bfloat16 units, AVX512-BF16 or AMX, float32 on one without, where bfloat16 is slow).
 set -euo pipefail
 WORK=${1:-runs/scifact-synth-cpu}
 DATA=${DATA:-../shared/data}
-DTYPE=${DTYPE:-bfloat16}
+DTYPE=${DTYPE:-auto}
 SAMPLE=${MAX_DOCS:+--max-docs $MAX_DOCS}
 LENGTH=128   # document tokens in mining, training and scoring: SciFact abstracts are cut, at CPU speed
 export HF_HUB_OFFLINE=1

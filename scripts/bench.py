@@ -22,7 +22,8 @@ package for both; max length 128 tokens for queries and documents alike):
   sentence-transformers runs what ``SentenceTransformerTrainer.compute_loss`` runs:
   ``SentenceTransformerDataCollator(model.preprocess)`` -> ``MultipleNegativesRankingLoss(model)``
   on the (anchor, positive) features -> backward, without the HF Trainer's loop around it. Both:
-  torch AdamW, lr 2e-5, weight decay 0.01 on matrices, gradient clipping at 1.0, dropout on,
+  fused torch AdamW (the HF Trainer's default, adamw_torch_fused; embedtune's `adamw`), lr 2e-5,
+  weight decay 0.01 on matrices, gradient clipping at 1.0, dropout on,
   tokenisation inside the timed step. Steps alternate (embedtune then sentence-transformers on
   batch i, the reverse order on batch i + 1) after one untimed warm-up step each; pairs/s is the
   batch size over the median step time. The same run reports held-out quality: nDCG@10 on the
@@ -109,7 +110,7 @@ from embedtune.data.types import Pair
 from embedtune.eval.diagnostics import geometry
 from embedtune.losses.infonce import InfoNCE
 from embedtune.model import has_fast_bfloat16, load_embedder, resolve_model_path
-from embedtune.training.build import parameter_groups
+from embedtune.training.build import adamw
 from embedtune.training.distributed import freeze_unused_pooler
 from embedtune.training.gradcache import gradcache_step
 
@@ -204,7 +205,7 @@ class EmbedtuneRun:
         self.device = device
         self.collate = PairCollator(self.model.tokenizer, MAX_LENGTH, MAX_LENGTH)
         self.loss_fn = InfoNCE(temperature=TEMPERATURE)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, 0.01), lr=LR)
+        self.optimizer = adamw(self.model, LR, 0.01)
         self.mini_batch_size = mini_batch_size
 
     def step(self, pairs: list[tuple[str, str]]) -> float:
@@ -252,7 +253,7 @@ class SentenceTransformersRun:
             self.loss_fn = CachedMultipleNegativesRankingLoss(self.model, scale=1 / TEMPERATURE, mini_batch_size=mini_batch_size)
         else:
             self.loss_fn = MultipleNegativesRankingLoss(self.model, scale=1 / TEMPERATURE)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, 0.01), lr=LR)
+        self.optimizer = adamw(self.model, LR, 0.01)
 
     def step(self, pairs: list[tuple[str, str]]) -> float:
         start = time.perf_counter()
@@ -580,7 +581,7 @@ class DecoderEmbedtuneRun:
     def __init__(self, folder: Path, accelerator, options) -> None:
         model = load_embedder(str(folder))
         model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=LR)
+        optimizer = adamw(model, LR, 0.01)
         self.model, self.optimizer = accelerator.prepare(model.train(), optimizer)
         self.accelerator = accelerator
         self.collate = PairCollator(
@@ -626,7 +627,7 @@ class DecoderSentenceTransformersRun:
 
         model = SentenceTransformer(str(folder), device=accelerator.device.type)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=LR)
+        optimizer = adamw(model, LR, 0.01)
         self.model, self.optimizer = accelerator.prepare(model.train(), optimizer)
         self.accelerator = accelerator
         self.collate = SentenceTransformerDataCollator(preprocess_fn=model.preprocess)

@@ -44,7 +44,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from embedtune.losses.batch import BatchInfo, text_ids
 from embedtune.losses.infonce import InfoNCE
 from embedtune.model import Embedder
-from embedtune.training.build import parameter_groups
+from embedtune.training.build import adamw
 from embedtune.training.gradcache import gradcache_step
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -177,7 +177,7 @@ def run_variant(model: Embedder, initial: dict, batches_of_pairs: list, options,
         model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=options.lr)
+    optimizer = adamw(model, options.lr, 0.01)
     loss_fn = InfoNCE(temperature=0.05)
     widths: set[int] = set()
     record_width = model.backbone.register_forward_pre_hook(

@@ -1,8 +1,11 @@
 """Training must make a real model better on held-out data it never saw."""
 
+import numpy as np
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from embedtune.training.build import adamw
 from embedtune.training.config import config_dir
 from embedtune.training.run import run
 
@@ -175,3 +178,31 @@ def test_runs_in_one_process_may_differ_in_mixed_precision(tiny_bert_dir, rich_p
     for precision in ("no", "bf16", "no"):
         run(compose_tiny(tiny_bert_dir, rich_pairs, f"train.mixed_precision={precision}"), tmp_path / precision)
         assert OmegaConf.load(tmp_path / precision / "config.yaml").train.mixed_precision == precision
+
+
+def test_adamw_is_fused_and_its_first_step_is_the_adamw_formula():
+    """AdamW's first step from zero moments: p <- p (1 - lr wd) - lr g / (|g| + eps), decay on matrices only."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    optimizer = adamw(model, lr=0.1, weight_decay=0.01)
+    assert optimizer.defaults["fused"]  # torch >= 2.4 has the CPU kernel
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    for p, old in zip(model.parameters(), before):
+        decay = 0.01 if p.ndim >= 2 else 0.0
+        expected = old.numpy() * (1 - 0.1 * decay) - 0.1 * p.grad.numpy() / (np.abs(p.grad.numpy()) + 1e-8)
+        np.testing.assert_allclose(p.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_adamw_falls_back_to_the_unfused_form_where_torch_has_no_fused_kernel(monkeypatch):
+    class NoFusedKernel(torch.optim.AdamW):
+        def __init__(self, params, fused=None, **options):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+            super().__init__(params, **options)
+
+    monkeypatch.setattr(torch.optim, "AdamW", NoFusedKernel)
+    optimizer = adamw(torch.nn.Linear(4, 3), lr=0.1, weight_decay=0.01)
+    assert isinstance(optimizer, NoFusedKernel) and not optimizer.defaults["fused"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import parse_flag_from_env, set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
@@ -117,7 +117,7 @@ def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
     if cfg.negatives.cross_device and accelerator.num_processes > 1:  # every process's batch becomes negatives
         loss_fn = CrossDevice(loss_fn)
     check_data(data, cfg, accelerator.num_processes)
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    optimizer = adamw(model, cfg.train.lr, cfg.train.weight_decay)
     model, optimizer, loader, sampler, steps_per_epoch = build_loader(cfg, data, model, optimizer, accelerator)
     output_dir.mkdir(parents=True, exist_ok=True)
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
@@ -155,10 +155,14 @@ def precision(asked: str) -> str:
     device computes in bfloat16 in hardware (`has_fast_bfloat16`: a recent GPU, a CPU with
     AVX512-BF16 or AMX) and no elsewhere; a bf16 asked for where it is emulated runs, with a
     warning, because it is many times slower there than float32."""
-    device = PartialState().device
+    if asked not in ("auto", "bf16"):
+        return asked
+    # The device Accelerate will pick: its process state, set up as the Accelerator to come sets it
+    # up (ACCELERATE_USE_CPU as AcceleratorState reads it), and kept for it.
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
     if asked == "auto":
         return "bf16" if has_fast_bfloat16(device) else "no"
-    if asked == "bf16" and not has_fast_bfloat16(device):
+    if not has_fast_bfloat16(device):
         announce(
             f"warning: train.mixed_precision=bf16 on this {device.type}, which has no bfloat16 units (AVX512-BF16, AMX or a GPU "
             "from Ampere on): bfloat16 is emulated here and slower than float32; train.mixed_precision=auto picks what is fast"
@@ -286,6 +290,16 @@ def build_loader(cfg: DictConfig, data: TrainEvalData, model: Embedder, optimize
         )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     return model, optimizer, loader, sampler, max(1, len(loader) // cfg.train.gradient_accumulation_steps)
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """torch's AdamW over `parameter_groups`, fused (one kernel updates every parameter; the Hugging
+    Face Trainer's default, adamw_torch_fused) where torch has that kernel for the parameters'
+    device (GPUs; CPUs from torch 2.4), else its multi-tensor form. Both compute the same update."""
+    try:
+        return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, fused=True)
+    except RuntimeError:  # no fused kernel for this device or torch
+        return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
