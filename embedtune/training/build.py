@@ -101,7 +101,7 @@ def build(cfg: DictConfig, output_dir: Path) -> TrainingSetup:
     if cfg.hub.repo_id is not None:  # first: a run that cannot publish stops before it loads or trains anything
         check_upload(cfg.hub.repo_id, cfg.hub.exist_ok)
     forget_previous_accelerator()
-    cfg.train.mixed_precision = precision(cfg.train.mixed_precision)  # config.yaml and the card record what runs
+    cfg.train.mixed_precision = resolved_mixed_precision(cfg.train.mixed_precision)  # config.yaml and the card record what runs
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
@@ -150,7 +150,7 @@ def forget_previous_accelerator() -> None:
     AcceleratorState._reset_state(reset_partial_state=False)
 
 
-def precision(asked: str) -> str:
+def resolved_mixed_precision(asked: str) -> str:
     """train.mixed_precision as it will run on this process's device. ``auto`` is bf16 where the
     device computes in bfloat16 in hardware (`has_fast_bfloat16`: a recent GPU, a CPU with
     AVX512-BF16 or AMX) and no elsewhere; a bf16 asked for where it is emulated runs, with a
