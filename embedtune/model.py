@@ -58,6 +58,14 @@ def has_fast_bfloat16(device: str | torch.device) -> bool:
     return False
 
 
+def resolved_dtype(name: str, device: str | torch.device) -> str:
+    """A ``--dtype`` value as a torch dtype's name: ``auto`` is bfloat16 where ``device`` has
+    bfloat16 units (`has_fast_bfloat16`) and float32 elsewhere; any other name is itself."""
+    if name == "auto":
+        return "bfloat16" if has_fast_bfloat16(device) else "float32"
+    return name
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A local folder or ``.gguf`` file as is; a packaged model's name as its installed folder (or
     its ``.gguf`` file); a Hub id only when the local Hugging Face cache holds it (nothing is

@@ -145,3 +145,20 @@ def test_eval_with_diagnose_gives_the_table_the_geometry_and_the_pictures_in_one
     with pytest.raises(SystemExit):
         main(["eval", "--model", str(tiny_bert_dir), "--probe", str(pairs), "--diagnose", str(tmp_path / "e")])
     assert capsys.readouterr().err.strip() == "embedtune eval: error: --diagnose needs --data (the pairs whose geometry to look at)"
+
+
+def test_eval_dtype_reaches_every_model_it_loads_diagnose_included(tiny_bert_dir, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import embedtune.model
+    from embedtune.cli import main
+
+    loaded, load = [], embedtune.model.load_embedder
+    monkeypatch.setattr(
+        embedtune.model, "load_embedder", lambda *args, **kwargs: loaded.append(kwargs.get("dtype")) or load(*args, **kwargs)
+    )
+    monkeypatch.setattr(embedtune.model, "has_fast_bfloat16", lambda device: True)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": f"what is item {i}", "positive": f"item {i} is thing {i}"}) + "\n" for i in range(12)))
+    main(["eval", "--model", str(tiny_bert_dir), "--data", str(pairs), "--dtype", "auto", "--diagnose", str(tmp_path / "d")])
+    assert loaded == ["bfloat16", "bfloat16"]  # eval's model, then diagnose's
+    assert (tmp_path / "d" / "diagnostics.json").is_file()

@@ -410,3 +410,19 @@ def test_mine_command_without_bm25s_says_how_to_install_it_before_loading_anythi
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
     assert result.stderr.startswith("embedtune mine: error: --method bm25 and hybrid need the bm25s package")
     assert "pip install 'embedtune[bm25]'" in result.stderr and not out.exists()
+
+
+def test_mine_command_dtype_scores_as_the_model_loaded_in_that_dtype(tiny_bert_dir, pairs_file, tmp_path):
+    """--dtype bfloat16 scores texts as a model whose weights were loaded in bfloat16 (not float32's)."""
+    from embedtune.model import load_embedder
+
+    out = tmp_path / "mined.jsonl"
+    args = ["--model", str(tiny_bert_dir), "--data", str(pairs_file), "--out", str(out), "--num-negatives", "1", "--margin=-inf"]
+    assert embedtune("mine", *args, "--dtype", "bfloat16").returncode == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    for dtype in ("bfloat16", "float32"):
+        model = load_embedder(str(tiny_bert_dir), dtype=dtype)
+        queries, positives = (model.encode([row[column] for row in rows]) for column in ("query", "positive"))
+        cosines = (queries * positives).sum(-1).tolist()
+        matches = all(abs(row["positive_score"] - cosine) < 1e-5 for row, cosine in zip(rows, cosines))
+        assert matches == (dtype == "bfloat16")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from embedtune.errors import EmbedtuneError
-from embedtune.model import has_fast_bfloat16, load_embedder
+from embedtune.model import has_fast_bfloat16, load_embedder, resolved_dtype
 
 TEXTS = ["a short text", "a considerably longer text that needs more tokens than the other ones do", "mid length text here"]
 
@@ -132,3 +132,10 @@ def test_fast_bfloat16_asks_cuda_on_a_gpu_and_is_false_elsewhere(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
         assert has_fast_bfloat16("cuda") is supported
     assert has_fast_bfloat16("meta") is False
+
+
+def test_dtype_auto_is_bfloat16_only_where_bfloat16_is_fast(monkeypatch):
+    for fast, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr("embedtune.model.has_fast_bfloat16", lambda device, fast=fast: fast)
+        assert resolved_dtype("auto", "cpu") == expected
+    assert [resolved_dtype(name, "cpu") for name in ("float32", "bfloat16", "float16")] == ["float32", "bfloat16", "float16"]

@@ -62,6 +62,17 @@ def add_data_set_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--positive-column", default="positive", help="column of the positives in a pairs file (default: positive)")
 
 
+def add_dtype_flag(parser: argparse.ArgumentParser, whose: str = "the model's", default: str = "float32") -> None:
+    """``--dtype``: the weights' dtype, resolved by `embedtune.model.resolved_dtype`."""
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "auto", "bfloat16", "float16"],
+        default=default,
+        help=f"{whose} weights; auto: bfloat16 where the device has bfloat16 units (recent GPUs, CPUs with AVX512-BF16 or AMX), "
+        f"else float32 (default: {default})",
+    )
+
+
 def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from embedtune.cli.common import (
     add_data_set_flags,
+    add_dtype_flag,
     add_overwrite_flag,
     best_device,
     check_outputs,
@@ -52,6 +53,7 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="for sampling the pairs")
     parser.add_argument("--max-length", type=int, default=None, help="override the model's max tokens")
     parser.add_argument("--batch-size", type=int, default=64)
+    add_dtype_flag(parser)
     parser.add_argument("--out-dir", default=None, help="write diagnostics.json (and the plots) here (default with --plots: diagnostics/)")
     parser.add_argument("--plots", action="store_true", help="also draw similarity histograms per data set and a PCA scatter")
     add_overwrite_flag(parser)
@@ -111,11 +113,12 @@ def diagnose_models(options: argparse.Namespace, inputs: list[tuple], with_plot_
     import torch
 
     from embedtune.eval import diagnostics
-    from embedtune.model import load_embedder
+    from embedtune.model import load_embedder, resolved_dtype
 
     rows, similarities, points = [], {}, {}
+    device = best_device()
     for name in options.model:
-        model = load_embedder(name, max_length=options.max_length).to(best_device())
+        model = load_embedder(name, max_length=options.max_length, dtype=resolved_dtype(options.dtype, device)).to(device)
         for benchmark, chosen, (texts, first_rows, second_rows) in inputs:
             embeddings = _encode_items(model, texts, options.batch_size, benchmark.name)
             numbers = diagnostics.diagnose(embeddings[first_rows], embeddings[second_rows], embeddings)

@@ -7,6 +7,7 @@ import argparse
 
 from embedtune.cli.common import (
     add_data_set_flags,
+    add_dtype_flag,
     add_overwrite_flag,
     best_device,
     check_outputs,
@@ -46,6 +47,7 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--pooling", default=None, help="override the model's pooling (mean, cls, max, last_token)")
     parser.add_argument("--max-length", type=int, default=None, help="override the model's max tokens")
     parser.add_argument("--batch-size", type=int, default=64)
+    add_dtype_flag(parser)
     parser.add_argument("--dims", type=int, nargs="+", default=None, metavar="D",
                         help="Matryoshka sizes to score, e.g. 384 256 128 64: embeddings truncated to the first D dimensions and "
                         "re-normalised (default: the model's saved matryoshka dims and its full size, else its full size)")  # fmt: skip
@@ -144,6 +146,8 @@ def main(args: list[str]) -> None:
             options.positive_column,
             "--batch-size",
             str(options.batch_size),
+            "--dtype",
+            options.dtype,
         ]
         if options.max_length:
             same_inputs += ["--max-length", str(options.max_length)]
@@ -167,7 +171,7 @@ def evaluate_models(options: argparse.Namespace) -> tuple[list, object, list[dic
     from embedtune.data.rows import Columns
     from embedtune.eval.benchmarks import load_benchmark
     from embedtune.eval.probe import load_probe_set
-    from embedtune.model import load_embedder
+    from embedtune.model import load_embedder, resolved_dtype
 
     rows = []
     benchmarks = [
@@ -178,9 +182,11 @@ def evaluate_models(options: argparse.Namespace) -> tuple[list, object, list[dic
         if options.probe
         else None
     )
+    device = best_device()
+    dtype = resolved_dtype(options.dtype, device)
     for name in options.model:
         prompts = {"query": options.query_prompt} if options.query_prompt is not None else None
-        model = load_embedder(name, pooling=options.pooling, max_length=options.max_length, prompts=prompts).to(best_device())
+        model = load_embedder(name, pooling=options.pooling, max_length=options.max_length, prompts=prompts, dtype=dtype).to(device)
         dims = sorted(set(options.dims or [*model.matryoshka_dims, model.dim]), reverse=True)
         if dims[0] > model.dim:
             fail("eval", f"--dims {dims[0]} is more than the {model.dim} dimensions of {name}")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from embedtune.cli.common import (
+    add_dtype_flag,
     add_overwrite_flag,
     best_device,
     check_outputs,
@@ -83,6 +84,7 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--max-length", type=int, default=None, help="override the model's max tokens (e.g. the training run's backbone.max_length)"
     )
+    add_dtype_flag(parser)
     return parser.parse_args(args)
 
 
@@ -105,14 +107,15 @@ def main(args: list[str]) -> None:
     from embedtune.fileio import write_text_atomic
     from embedtune.mine.negatives import MiningConfig
     from embedtune.mine.pairs import load_corpus, mine_pairs
-    from embedtune.model import load_embedder
+    from embedtune.model import load_embedder, resolved_dtype
 
     quiet_transformers()
     try:
         config = MiningConfig(**{name: getattr(options, name) for name in MINING_OPTIONS})
         pairs = load_pairs(options.data, Columns(options.query_column, options.positive_column, None))
         corpus = load_corpus(options.corpus, options.corpus_column) if options.corpus else list(dict.fromkeys(p.positive for p in pairs))
-        model = load_embedder(options.model, max_length=options.max_length).to(best_device())
+        device = best_device()
+        model = load_embedder(options.model, max_length=options.max_length, dtype=resolved_dtype(options.dtype, device)).to(device)
     except EmbedtuneError as error:
         fail("mine", str(error))
     loaded = time.perf_counter()

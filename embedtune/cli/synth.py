@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from embedtune import __version__
 from embedtune.cli.common import (
+    add_dtype_flag,
     add_overwrite_flag,
     best_device,
     check_outputs,
@@ -66,12 +67,7 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="longest answer; cut-off ones are rejected (default: 48)")
     parser.add_argument("--max-source-tokens", type=int, default=256, help="source text cut to this in the prompt (default: 256)")
-    parser.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        default="auto",
-        help="the LM's dtype; auto: bfloat16 where the device has bfloat16 units (recent GPUs, CPUs with AVX512-BF16 or AMX), else float32",
-    )
+    add_dtype_flag(parser, "the LM's", default="auto")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts generated together, left-padded (default: 16)")
     parser.add_argument(
         "--filter-model", default=None, help="embedding model of the consistency filter (e.g. all-MiniLM-L6-v2); none: no filter"
@@ -151,8 +147,9 @@ def main(args: list[str]) -> None:
 def plan_run(options: argparse.Namespace) -> Plan:
     """The corpus, its sample, the models' paths and the outputs, checked (a --resume against the
     settings it started with); nothing is loaded or written yet."""
+    from embedtune.model import resolved_dtype
     from embedtune.synth.corpus import corpus_file, load_documents, sample_documents
-    from embedtune.synth.generate import Sampling, generator_dtype
+    from embedtune.synth.generate import Sampling
     from embedtune.synth.run import OutputFiles, check_resume, plan
     from embedtune.synth.templates import TEMPLATES
 
@@ -168,7 +165,7 @@ def plan_run(options: argparse.Namespace) -> Plan:
     templates = [TEMPLATES[name] for name in options.templates]
     documents = sample_documents(corpus, options.max_docs, options.seed)
     device = best_device()
-    dtype = generator_dtype(options.dtype, device)
+    dtype = resolved_dtype(options.dtype, device)
     settings = _settings(options, generator_path, len(corpus), len(documents), templates, sampling, dtype)
     if options.resume:
         try:

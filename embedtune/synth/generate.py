@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from embedtune.errors import ConfigError, EmbedtuneError
-from embedtune.model import gguf_options, has_fast_bfloat16, resolve_model_path
+from embedtune.model import gguf_options, resolve_model_path
 from embedtune.synth.templates import Template
 
 
@@ -115,15 +115,6 @@ class Generator:
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def generator_dtype(name: str, device: str) -> str:
-    """The dtype the LM runs in: ``auto`` is bfloat16 where ``device`` computes in it in hardware
-    (`has_fast_bfloat16`: a recent GPU, a CPU with AVX512-BF16 or AMX) and float32 elsewhere,
-    where emulated bfloat16 is slower than float32."""
-    if name == "auto":
-        return "bfloat16" if has_fast_bfloat16(device) else "float32"
-    return name
 
 
 def load_generator(path: str, device: str = "cpu", dtype: str = "float32") -> Generator:
