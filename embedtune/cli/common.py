@@ -29,6 +29,16 @@ def best_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def load_model(name: str, options: argparse.Namespace, **settings):
+    """The `Embedder` a command encodes with: on `best_device`, its weights in the command's
+    ``--dtype``, cut at its ``--max-length`` (None: the model's own); ``settings`` go on to
+    `load_embedder` (pooling, prompts)."""
+    from embedtune.model import load_embedder, resolved_dtype
+
+    device = best_device()
+    return load_embedder(name, max_length=options.max_length, dtype=resolved_dtype(options.dtype, device), **settings).to(device)
+
+
 def quiet_transformers() -> None:
     """Our own progress bars replace transformers' per-file ones (weights loading, saving)."""
     from transformers.utils import logging

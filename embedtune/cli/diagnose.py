@@ -11,10 +11,10 @@ from embedtune.cli.common import (
     add_data_set_flags,
     add_dtype_flag,
     add_overwrite_flag,
-    best_device,
     check_outputs,
     command_parser,
     fail,
+    load_model,
     plots_module,
     quiet_transformers,
     require_at_least_one,
@@ -113,12 +113,10 @@ def diagnose_models(options: argparse.Namespace, inputs: list[tuple], with_plot_
     import torch
 
     from embedtune.eval import diagnostics
-    from embedtune.model import load_embedder, resolved_dtype
 
     rows, similarities, points = [], {}, {}
-    device = best_device()
     for name in options.model:
-        model = load_embedder(name, max_length=options.max_length, dtype=resolved_dtype(options.dtype, device)).to(device)
+        model = load_model(name, options)
         for benchmark, chosen, (texts, first_rows, second_rows) in inputs:
             embeddings = _encode_items(model, texts, options.batch_size, benchmark.name)
             numbers = diagnostics.diagnose(embeddings[first_rows], embeddings[second_rows], embeddings)

@@ -9,10 +9,10 @@ from embedtune.cli.common import (
     add_data_set_flags,
     add_dtype_flag,
     add_overwrite_flag,
-    best_device,
     check_outputs,
     command_parser,
     fail,
+    load_model,
     plots_module,
     quiet_transformers,
     require_at_least_one,
@@ -171,7 +171,6 @@ def evaluate_models(options: argparse.Namespace) -> tuple[list, object, list[dic
     from embedtune.data.rows import Columns
     from embedtune.eval.benchmarks import load_benchmark
     from embedtune.eval.probe import load_probe_set
-    from embedtune.model import load_embedder, resolved_dtype
 
     rows = []
     benchmarks = [
@@ -182,11 +181,9 @@ def evaluate_models(options: argparse.Namespace) -> tuple[list, object, list[dic
         if options.probe
         else None
     )
-    device = best_device()
-    dtype = resolved_dtype(options.dtype, device)
     for name in options.model:
         prompts = {"query": options.query_prompt} if options.query_prompt is not None else None
-        model = load_embedder(name, pooling=options.pooling, max_length=options.max_length, prompts=prompts, dtype=dtype).to(device)
+        model = load_model(name, options, pooling=options.pooling, prompts=prompts)
         dims = sorted(set(options.dims or [*model.matryoshka_dims, model.dim]), reverse=True)
         if dims[0] > model.dim:
             fail("eval", f"--dims {dims[0]} is more than the {model.dim} dimensions of {name}")

@@ -16,10 +16,10 @@ from pathlib import Path
 from embedtune.cli.common import (
     add_dtype_flag,
     add_overwrite_flag,
-    best_device,
     check_outputs,
     command_parser,
     fail,
+    load_model,
     quiet_transformers,
     require_at_least_one,
 )
@@ -107,15 +107,13 @@ def main(args: list[str]) -> None:
     from embedtune.fileio import write_text_atomic
     from embedtune.mine.negatives import MiningConfig
     from embedtune.mine.pairs import load_corpus, mine_pairs
-    from embedtune.model import load_embedder, resolved_dtype
 
     quiet_transformers()
     try:
         config = MiningConfig(**{name: getattr(options, name) for name in MINING_OPTIONS})
         pairs = load_pairs(options.data, Columns(options.query_column, options.positive_column, None))
         corpus = load_corpus(options.corpus, options.corpus_column) if options.corpus else list(dict.fromkeys(p.positive for p in pairs))
-        device = best_device()
-        model = load_embedder(options.model, max_length=options.max_length, dtype=resolved_dtype(options.dtype, device)).to(device)
+        model = load_model(options.model, options)
     except EmbedtuneError as error:
         fail("mine", str(error))
     loaded = time.perf_counter()
